@@ -1,0 +1,1 @@
+"""Alembic migrations for outreach. Run through ``outreach db upgrade`` (or automatically)."""
