@@ -399,10 +399,11 @@ def parse(
         raise ConfigError(path, [(_dotted(e["loc"]), _describe(e)) for e in exc.errors()]) from None
     problems = _cross_check(cfg, channel_kinds)
     for name, settings in cfg.channels.items():
+        problems.extend(_engine_channel_keys(name, settings))
         model = (channel_settings or {}).get(str(settings.get("adapter")))
         if model is None:
             continue
-        rest = {k: v for k, v in settings.items() if k != "adapter"}
+        rest = {k: v for k, v in settings.items() if k not in ENGINE_CHANNEL_KEYS}
         try:
             model.model_validate(rest, strict=True)
         except ValidationError as exc:
@@ -423,6 +424,29 @@ def parse(
     if problems:
         raise ConfigError(path, problems)
     return cfg.model_copy(update={"base_dir": path.parent.resolve(), "source_path": path})
+
+
+ENGINE_CHANNEL_KEYS = frozenset({"adapter", "concurrency", "limits"})
+
+
+def _engine_channel_keys(name: str, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Keys the engine reads itself from every [channels.<name>] table."""
+    from outreach.ratelimit import parse_limit
+
+    problems: list[tuple[str, str]] = []
+    conc = settings.get("concurrency", 20)
+    if not isinstance(conc, int) or isinstance(conc, bool) or not 1 <= conc <= 1000:
+        problems.append((f"channels.{name}.concurrency", "expected an integer between 1 and 1000"))
+    limits = settings.get("limits", [])
+    if not isinstance(limits, list):
+        problems.append((f"channels.{name}.limits", 'expected a list such as ["1/1m", "5/1h", "10/1d"]'))
+    else:
+        for i, text in enumerate(limits):
+            try:
+                parse_limit(str(text))
+            except ValueError as exc:
+                problems.append((f"channels.{name}.limits[{i}]", str(exc)))
+    return problems
 
 
 def _looks_secret(key: str) -> bool:

@@ -296,6 +296,22 @@ class Blob(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class Send(Base):
+    """One send to one recipient through one channel: what per-recipient caps count.
+
+    Kept apart from events so a rate check is one indexed count, and so it survives restarts
+    (an SMS gateway's daily cap does not reset because our worker did).
+    """
+
+    __tablename__ = "sends"
+    __table_args__ = (Index("ix_sends_channel_recipient_at", "channel", "recipient", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(64))
+    recipient: Mapped[str] = mapped_column(String(400))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    attempt_id: Mapped[int] = mapped_column(ForeignKey("attempts.id"))
+
+
 class Anchor(Base):
     """An RFC 3161 token over the Merkle root of chain heads at one moment."""
 

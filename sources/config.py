@@ -23,7 +23,8 @@ class ConfigSource:
                 kind=c.kind,
                 value=c.value,
                 label=c.label,
-                source=c.source or "config",
+                # "config" or "config: annual report 2025": the adapter, then the user's note.
+                source="config" if c.source in ("", "config") else f"config: {c.source}",
                 url=None,
                 seen_at=now,
                 evidence_sha256=None,

@@ -205,6 +205,15 @@ def upgrade() -> None:
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("error", sa.Text),
     )
+    op.create_table(
+        "sends",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("channel", sa.String(64), nullable=False),
+        sa.Column("recipient", sa.String(400), nullable=False),
+        sa.Column("at", UTCDateTime, nullable=False),
+        sa.Column("attempt_id", sa.Integer, sa.ForeignKey("attempts.id", name="fk_sends_attempt_id_attempts"), nullable=False),
+    )
+    op.create_index("ix_sends_channel_recipient_at", "sends", ["channel", "recipient", "at"])
     _append_only("events")
 
 
@@ -242,7 +251,7 @@ def downgrade() -> None:
         op.execute("DROP TRIGGER IF EXISTS events_no_change ON events")
         op.execute("DROP FUNCTION IF EXISTS events_append_only()")
     for table in (
-        "anchors", "blobs", "events", "chains", "attempts", "notices", "case_terminals",
+        "sends", "anchors", "blobs", "events", "chains", "attempts", "notices", "case_terminals",
         "cases", "provenance", "contact_points", "terminals", "parties", "merchants",
     ):
         op.drop_table(table)

@@ -1,0 +1,140 @@
+"""One loaded installation: config, database and adapters, and the passes the CLI runs.
+
+Every CLI command is a few lines over these functions, so a Python user (or a test) can do
+exactly what the command does without a shell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from channels.base import Channel, RateLimit
+from outreach import clock, registry
+from outreach.config import ENGINE_CHANNEL_KEYS, Config, load
+from outreach.discovery import DiscoveryReport, party_query, record_results, run_sources
+from outreach.dispatch import DispatchPolicy, DispatchReport, Dispatcher
+from outreach.ladder import PlanReport, plan_due
+from outreach.migrate import ensure_schema
+from outreach.ratelimit import parse_limit
+from outreach.retry import parse_duration
+from outreach.store import ContactPoint, Party, make_engine, session_factory
+from outreach.sync import SyncReport, sync
+from sources.base import DeclaredContact, Fetcher
+
+_PATH_KEYS = ("dir",)
+
+
+@dataclass
+class App:
+    config: Config
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    @classmethod
+    def open(cls, path: Path, *, migrate: bool = True) -> App:
+        cfg = load(path, registry.channel_kinds(), registry.channel_settings_models())
+        engine = make_engine(cfg.database_url(), echo=cfg.database.echo)
+        if migrate:
+            ensure_schema(engine)
+        return cls(cfg, engine, session_factory(engine))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ passes
+
+    def sync(self, *, at: datetime | None = None) -> SyncReport:
+        with self.sessions.begin() as s:
+            return sync(s, self.config, at=at)
+
+    def discover(
+        self,
+        *,
+        party: str | None = None,
+        fetcher: Fetcher | None = None,
+        progress: Callable[[str], None] | None = None,
+        at: datetime | None = None,
+        documents: Callable[[], list[Any]] | None = None,
+    ) -> DiscoveryReport:
+        queries = []
+        with self.sessions() as s:
+            for key, pc in self.config.parties.items():
+                if party is not None and key != party:
+                    continue
+                row = s.query(Party).filter(Party.key == key).one()
+                declared = [DeclaredContact(c.kind, c.value, c.label, c.source) for c in pc.contacts]
+                names = list(dict.fromkeys(["config", *pc.sources]))
+                queries.append((party_query(row, declared), names))
+        results = asyncio.run(run_sources(queries, registry.source_adapters(), fetcher, progress=progress))
+        with self.sessions.begin() as s:
+            return record_results(s, results, documents() if documents else (), at=at)
+
+    def plan(self, *, at: datetime | None = None, dry_run: bool = False) -> PlanReport:
+        if dry_run:
+            with self.sessions() as s:
+                report = plan_due(s, self.config, registry.channel_kinds(), at=at, dry_run=True)
+                s.rollback()
+                return report
+        with self.sessions.begin() as s:
+            return plan_due(s, self.config, registry.channel_kinds(), at=at)
+
+    def build_channels(self, env: Mapping[str, str]) -> dict[str, Channel]:
+        adapters = registry.channel_adapters()
+        built: dict[str, Channel] = {}
+        for name, settings in self.config.channels.items():
+            rest = {k: v for k, v in settings.items() if k not in ENGINE_CHANNEL_KEYS}
+            for key in list(rest):
+                if key in _PATH_KEYS or key.endswith(("_dir", "_file")):
+                    rest[key] = str(self.config.resolve_path(str(rest[key])))
+            built[name] = adapters[str(settings["adapter"])](name, rest, env)
+        return built
+
+    def dispatcher(self, channels: Mapping[str, Channel], *, now: Callable[[], datetime] = clock.now) -> Dispatcher:
+        d = self.config.dispatch
+        limits: dict[str, list[RateLimit]] = {}
+        concurrency: dict[str, int] = {}
+        adapters = registry.channel_adapters()
+        for name, settings in self.config.channels.items():
+            declared = settings.get("limits")
+            if declared is not None:
+                limits[name] = [parse_limit(str(t)) for t in declared]
+            else:
+                limits[name] = list(getattr(adapters[str(settings["adapter"])], "default_limits", ()))
+            concurrency[name] = int(settings.get("concurrency", 20))
+        policy = DispatchPolicy(
+            max_tries=d.max_tries,
+            reschedule_after=parse_duration(d.reschedule_after),
+            max_claims=d.max_claims,
+            lease_seconds=d.lease_seconds,
+            batch=d.batch,
+        )
+        return Dispatcher(
+            self.sessions, channels, policy, limits=limits, concurrency=concurrency,
+            sender_name=self.config.sender.name, now=now,
+        )
+
+
+@dataclass
+class PassReport:
+    sync: SyncReport
+    discovery: DiscoveryReport
+    plan: PlanReport
+    dispatch: DispatchReport
+    notes: list[str] = field(default_factory=list)
+
+
+def contact_summary(sessions: sessionmaker[Session]) -> dict[str, int]:
+    with sessions() as s:
+        return {
+            "good": s.query(ContactPoint).filter(ContactPoint.status == "good").count(),
+            "bad": s.query(ContactPoint).filter(ContactPoint.status == "bad").count(),
+            "unknown": s.query(ContactPoint).filter(ContactPoint.status == "unknown").count(),
+        }

@@ -1,0 +1,378 @@
+"""The ``outreach`` command. Thin: every command is a few lines over ``outreach.app``.
+
+Exit codes: 0 ok, 1 a problem was found (a broken chain, a failed send), 2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy import func, select
+
+from outreach import __version__, clock
+from outreach.app import App
+from outreach.config import ConfigError, config_path
+from outreach.ladder import describe, step_due
+from outreach.output import emit, table
+from outreach.proof import all_chains, verify_chain
+from outreach.store import Attempt, Case, Event, Notice
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Ctx:
+    def __init__(self, config: str | None) -> None:
+        self.path = config_path(config)
+        self._app: App | None = None
+
+    def app(self) -> App:
+        if self._app is None:
+            try:
+                self._app = App.open(self.path)
+            except ConfigError as exc:
+                click.echo(str(exc), err=True)
+                click.echo(f"{len(exc.problems)} problem(s) in the config; nothing was written.", err=True)
+                sys.exit(2)
+        return self._app
+
+    def close(self) -> None:
+        if self._app is not None:
+            self._app.close()
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
+
+
+def _at_option(f: F) -> F:
+    return click.option(
+        "--at", "at", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M"]), default=None,
+        help="Pretend it is this moment (Beijing time), e.g. 2026-12-01.",
+    )(f)
+
+
+def _to_utc(at: datetime | None) -> datetime | None:
+    if at is None:
+        return None
+    return at.replace(tzinfo=clock.CST).astimezone(UTC)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "-c", "--config", metavar="PATH", default=None,
+    help="Config file (default: $OUTREACH_CONFIG or ./outreach.toml).",
+)
+@click.version_option(__version__, prog_name="outreach")
+@click.pass_context
+def main(ctx: click.Context, config: str | None) -> None:
+    """Contact the agent and acquirer of a POS terminal on every channel, escalate on a
+    schedule, and keep tamper-evident proof of every attempt.
+
+    \b
+    Five-minute tour:
+      outreach -c config.example.toml run            # sync, discover, plan, send
+      outreach -c config.example.toml status         # where every case stands
+      outreach -c config.example.toml audit log      # the hash-chained events
+      outreach -c config.example.toml audit verify   # recompute every hash
+    """
+    c = Ctx(config)
+    ctx.obj = c
+    ctx.call_on_close(c.close)
+
+
+# ---------------------------------------------------------------------------- db
+
+
+@main.group()
+def db() -> None:
+    """Database schema (migrations run automatically on first use)."""
+
+
+@db.command("upgrade")
+@click.pass_obj
+def db_upgrade(c: Ctx) -> None:
+    """Apply pending migrations now (e.g. before starting new workers)."""
+    from outreach.migrate import current_revision, head_revision
+
+    app = c.app()
+    click.echo(f"schema at {current_revision(app.engine)} (head {head_revision()})")
+
+
+@db.command("current")
+@click.pass_obj
+def db_current(c: Ctx) -> None:
+    """Show the schema revision without changing anything."""
+    from outreach.migrate import current_revision, head_revision
+    from outreach.store import make_engine
+
+    try:
+        from outreach import registry
+        from outreach.config import load
+
+        cfg = load(c.path, registry.channel_kinds(), registry.channel_settings_models())
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    engine = make_engine(cfg.database_url())
+    click.echo(f"current {current_revision(engine)}, head {head_revision()}")
+    engine.dispose()
+
+
+# ---------------------------------------------------------------------------- sync / discover
+
+
+def _print_sync(report: Any) -> None:
+    for label, items in (("added", report.added), ("changed", report.changed), ("inactive", report.deactivated)):
+        for item in items:
+            click.echo(f"  {label:8} {item}")
+    if report.empty:
+        click.echo("  nothing changed")
+
+
+@main.command("sync")
+@click.pass_obj
+def sync_cmd(c: Ctx) -> None:
+    """Bring the database in line with the config. Idempotent; never deletes history."""
+    report = c.app().sync()
+    click.echo("sync:")
+    _print_sync(report)
+
+
+@main.command("discover")
+@click.option("--party", default=None, help="Only this party key.")
+@click.option("--offline", is_flag=True, help="Do not fetch anything over the network.")
+@click.pass_obj
+def discover_cmd(c: Ctx, party: str | None, offline: bool) -> None:
+    """Look up every party's contact channels in its configured sources."""
+    app = c.app()
+    app.sync()
+    report = _discover(app, party=party, offline=offline, progress=True)
+    click.echo(f"discovered for {report.parties} parties: {len(report.added)} new, "
+               f"{len(report.unlisted)} no longer listed, {len(report.failures)} source failures")
+    for item in report.added:
+        click.echo(f"  new       {item}")
+    for item in report.unlisted:
+        click.echo(f"  unlisted  {item}")
+    for notice in report.notices:
+        click.echo(f"  {notice.kind:9} {notice.party}: {notice.message}" + (f" — {notice.advice}" if notice.advice else ""))
+    for item in report.failures:
+        click.echo(f"  failed    {item}")
+
+
+def _discover(app: App, *, party: str | None = None, offline: bool = False, progress: bool = False) -> Any:
+    fetcher, documents = _fetcher(offline)
+    say = (lambda msg: click.echo(f"  … {msg}", err=True)) if progress else None
+    return app.discover(party=party, fetcher=fetcher, progress=say, documents=documents)
+
+
+def _fetcher(offline: bool) -> tuple[Any, Any]:
+    if offline:
+        return None, None
+    try:
+        import httpx
+
+        from outreach.fetch import PoliteFetcher
+    except ImportError:
+        return None, None
+    client = httpx.AsyncClient(timeout=20.0, follow_redirects=False)
+    fetcher = PoliteFetcher(client)
+    return fetcher, (lambda: list(fetcher.documents))
+
+
+# ---------------------------------------------------------------------------- plan / run
+
+
+@main.command("plan")
+@_at_option
+@json_option
+@click.pass_obj
+def plan_cmd(c: Ctx, at: datetime | None, as_json: bool) -> None:
+    """Show what would be sent at a moment and why, writing nothing."""
+    app = c.app()
+    report = app.plan(at=_to_utc(at), dry_run=True)
+    emit(describe(report), as_json=as_json)
+
+
+@main.command("run")
+@_at_option
+@click.option("--offline", is_flag=True, help="Discover from config and bundled data only.")
+@json_option
+@click.pass_obj
+def run_cmd(c: Ctx, at: datetime | None, offline: bool, as_json: bool) -> None:
+    """One full pass: sync, discover, plan the due ladder steps, send, and summarise.
+
+    Safe to run again at once (or from cron): a ladder step is never sent twice.
+    """
+    app = c.app()
+    when = _to_utc(at)
+    synced = app.sync(at=when)
+    discovered = _discover(app, offline=offline)
+    planned = app.plan(at=when)
+    dispatched = _dispatch(app, when)
+    rows = [
+        {"stage": "sync", "result": f"{len(synced.added)} added, {len(synced.changed)} changed, {len(synced.deactivated)} inactive"},
+        {"stage": "discover", "result": f"{len(discovered.added)} new contacts, {len(discovered.failures)} source failures"},
+        {"stage": "plan", "result": f"{len(planned.planned)} steps planned, {sum(p.attempts for p in planned.planned)} attempts queued, {len(planned.waiting)} cases waiting"},
+        {"stage": "send", "result": f"{dispatched.sent} sent, {dispatched.pending} awaiting you, {dispatched.failed} failed, {dispatched.unknown} unknown, {dispatched.rescheduled} retry later, {dispatched.deferred} rate-limited"},
+    ]
+    if as_json:
+        emit(rows, as_json=True)
+    else:
+        click.echo(table(rows))
+        for p in planned.planned:
+            for note in p.missing:
+                click.echo(f"warning: {p.case} step {p.step + 1}: {note}", err=True)
+    if dispatched.failed:
+        sys.exit(1)
+
+
+def _dispatch(app: App, when: datetime | None) -> Any:
+    try:
+        channels = app.build_channels(os.environ)
+    except ValueError as exc:
+        click.echo(f"{app.config.source_path}: channels: {exc}", err=True)
+        sys.exit(2)
+    now = (lambda: when) if when is not None else clock.now
+    dispatcher = app.dispatcher(channels, now=now)
+
+    async def go() -> Any:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, dispatcher.request_stop)
+        try:
+            return await dispatcher.run_once()
+        finally:
+            await dispatcher.aclose()
+
+    return asyncio.run(go())
+
+
+# ---------------------------------------------------------------------------- status
+
+
+@main.command("status")
+@json_option
+@click.pass_obj
+def status_cmd(c: Ctx, as_json: bool) -> None:
+    """Every case: its state, the ladder step it is on, and when the next one is due."""
+    app = c.app()
+    rows = []
+    with app.sessions() as s:
+        for case in s.scalars(select(Case).order_by(Case.id)):
+            plan = app.config.plans.get(case.plan)
+            total = len(plan.steps) if plan else 0
+            counts = dict(
+                s.execute(
+                    select(Attempt.state, func.count())
+                    .join(Notice, Attempt.notice_id == Notice.id)
+                    .where(Notice.case_id == case.id)
+                    .group_by(Attempt.state)
+                ).all()
+            )
+            if plan and case.next_step < total and case.state == "open":
+                nxt = f"step {case.next_step + 1}/{total} {plan.steps[case.next_step].template} on {step_due(case, plan, case.next_step)}"
+            elif case.state != "open":
+                nxt = "-"
+            else:
+                nxt = f"ladder done ({total} steps); waiting for an answer"
+            rows.append({
+                "case": case.reference,
+                "key": case.key,
+                "merchant": case.merchant.name,
+                "goal": case.goal,
+                "state": case.state if case.active else f"{case.state} (inactive)",
+                "steps_done": f"{case.next_step}/{total}",
+                "next": nxt,
+                "attempts": ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-",
+            })
+    emit(rows, as_json=as_json)
+
+
+# ---------------------------------------------------------------------------- audit
+
+
+@main.group()
+def audit() -> None:
+    """The evidence: the event log and its verification."""
+
+
+def _case_chain(app: App, ref: str) -> tuple[Case, str]:
+    with app.sessions() as s:
+        case = s.scalars(select(Case).where((Case.reference == ref) | (Case.key == ref))).one_or_none()
+    if case is None:
+        click.echo(f"no case {ref!r} (use its reference, e.g. OUT-2026-000001, or its config key)", err=True)
+        sys.exit(2)
+    return case, case.chain
+
+
+@audit.command("log")
+@click.option("--case", "case_ref", default=None, help="Only this case (reference or key).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the last N events.")
+@json_option
+@click.pass_obj
+def audit_log(c: Ctx, case_ref: str | None, limit: int | None, as_json: bool) -> None:
+    """The append-only event log with timestamps and hashes."""
+    app = c.app()
+    stmt = select(Event).order_by(Event.id)
+    if case_ref:
+        _case, chain = _case_chain(app, case_ref)
+        stmt = select(Event).where(Event.chain == chain).order_by(Event.seq)
+    with app.sessions() as s:
+        events = list(s.scalars(stmt))
+    if limit:
+        events = events[-limit:]
+    if as_json:
+        import json
+
+        emit([{**json.loads(e.body), "prev_hash": e.prev_hash, "hash": e.hash} for e in events], as_json=True)
+        return
+    rows = [
+        {"at": e.at, "chain": e.chain, "seq": e.seq, "kind": e.kind, "summary": _summary(e), "hash": e.hash[:16]}
+        for e in events
+    ]
+    emit(rows, as_json=False)
+
+
+def _summary(e: Event) -> str:
+    import json
+
+    data = json.loads(e.body)["data"]
+    keys = ("recipient", "channel", "template", "party", "value", "error", "reason", "provider_id", "reference")
+    parts = [f"{k}={data[k]}" for k in keys if isinstance(data, dict) and data.get(k) not in (None, "")]
+    return " ".join(parts)
+
+
+@audit.command("verify")
+@click.option("--case", "case_ref", default=None, help="Only this case (reference or key).")
+@json_option
+@click.pass_obj
+def audit_verify(c: Ctx, case_ref: str | None, as_json: bool) -> None:
+    """Recompute every hash chain; exit 1 naming the first broken event."""
+    app = c.app()
+    with app.sessions() as s:
+        chains = [_case_chain(app, case_ref)[1]] if case_ref else all_chains(s)
+        reports = [verify_chain(s, name) for name in chains]
+    problems = [r.problem for r in reports if r.problem is not None]
+    total = sum(r.events for r in reports)
+    if as_json:
+        emit([{"chain": r.chain, "events": r.events, "head": r.head_hash, "problem": str(r.problem) if r.problem else None} for r in reports], as_json=True)
+    elif problems:
+        for p in problems:
+            click.echo(f"BROKEN {p}")
+    else:
+        click.echo(f"OK: {len(reports)} chains, {total} events, every hash recomputed")
+    if problems:
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

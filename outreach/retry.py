@@ -1,0 +1,39 @@
+"""Retry policy as plain data: how long to wait before the next try, and when to stop.
+
+Kept apart from the dispatcher loop so it is unit-tested alone; tenacity consumes it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from tenacity import RetryCallState
+
+from channels.base import Transient
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Jittered exponential back-off within one claim; the far side's Retry-After wins."""
+
+    base: float = 1.0
+    cap: float = 30.0
+    jitter: float = 1.0
+    retry_after_cap: float = 300.0
+
+    def delay(self, try_number: int, retry_after: float | None = None) -> float:
+        if retry_after is not None:
+            return max(0.0, min(retry_after, self.retry_after_cap))
+        return min(self.cap, self.base * 2 ** (try_number - 1)) + random.uniform(0, self.jitter)
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = exc.retry_after if isinstance(exc, Transient) else None
+        return self.delay(state.attempt_number, retry_after)
+
+
+def parse_duration(text: str) -> float:
+    """"30s", "15m", "2h", "1d" -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    return float(text[:-1]) * units[text[-1]]
