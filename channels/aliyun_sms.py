@@ -386,8 +386,10 @@ def _check_endpoint(value: str) -> None:
     local = parts.hostname in ("localhost", "127.0.0.1", "::1")
     if parts.scheme != "https" and not (parts.scheme == "http" and local):
         raise ValueError("endpoint must be an https:// URL")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError("endpoint must not carry a query, fragment or credentials")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("endpoint must be scheme://host/ only (RPC requests are signed for /)")
+    if parts.username or parts.password:
+        raise ValueError("endpoint must not carry credentials")
 
 
 def canonical_json(value: Any) -> bytes:

@@ -119,7 +119,7 @@ def store_blob(session: Session, data: bytes, media_type: str) -> str:
     digest = hashlib.sha256(data).hexdigest()
     if session.get(Blob, digest) is None:
         session.add(Blob(sha256=digest, size=len(data), media_type=media_type, data=data))
-        session.flush([])
+        session.flush()
     return digest
 
 

@@ -20,8 +20,9 @@ at the same time (the fallback tests need both):
 ``/replay``        whatever bytes the test put in ``LocalTsa.replay_body`` (a replayed reply)
 =================  ====================================================================
 
-Use :func:`local_tsa` as a context manager, or the :func:`tsa_server` fixture (import it into
-a test module). The server thread is always stopped and joined on exit.
+Use :func:`local_tsa` as a context manager, or the ``tsa_server`` fixture
+(:func:`tsa_server_fixture`; import it into a test module). The server thread is always
+stopped and joined on exit.
 """
 
 from __future__ import annotations
@@ -324,8 +325,14 @@ def local_tsa(tmp_path: Path) -> Iterator[LocalTsa]:
         tsa.stop()
 
 
-@pytest.fixture
-def tsa_server(tmp_path: Path) -> Iterator[LocalTsa]:
-    """A running :class:`LocalTsa`, stopped at teardown even when the test fails."""
-    with local_tsa(tmp_path) as tsa:
+@pytest.fixture(scope="module", name="tsa_server")
+def tsa_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTsa]:
+    """The ``tsa_server`` fixture: a running :class:`LocalTsa`, stopped at teardown.
+
+    Module-scoped because generating the two RSA keys is the slow part; tests that set
+    ``replay_body`` set it right before use. To use it, import the function into a test module
+    (``from tsa_server import tsa_server_fixture  # noqa: F401``) and ask for ``tsa_server``;
+    the explicit fixture name keeps the import from shadowing the test argument.
+    """
+    with local_tsa(tmp_path_factory.mktemp("tsa")) as tsa:
         yield tsa
