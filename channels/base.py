@@ -62,7 +62,9 @@ class Prepared:
 
     outgoing: Outgoing
     payload: bytes
-    media_type: str  # message/rfc822 | application/json | application/x-www-form-urlencoded | text/html
+    media_type: (
+        str  # message/rfc822 | application/json | application/x-www-form-urlencoded | text/html
+    )
     message_id: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)  # channel-specific, JSON-serialisable
 
@@ -176,8 +178,9 @@ class ChannelFactory(Protocol):
     adapter: ClassVar[str]
     kinds: ClassVar[frozenset[str]]
 
-    def __call__(self, name: str, settings: Mapping[str, Any], env: Mapping[str, str]) -> Channel:
-        ...
+    def __call__(
+        self, name: str, settings: Mapping[str, Any], env: Mapping[str, str]
+    ) -> Channel: ...
 
 
 def resolve_secret(settings: Mapping[str, Any], key: str, env: Mapping[str, str]) -> str:

@@ -46,7 +46,9 @@ class OutboxChannel:
             return Prepared(msg, payload, "message/rfc822", mid, {"ext": "eml"})
         if msg.kind == "postal":
             html = msg.html or f"<pre>{msg.body}</pre>"
-            return Prepared(msg, html.encode("utf-8"), "text/html", msg.idempotency_key, {"ext": "html"})
+            return Prepared(
+                msg, html.encode("utf-8"), "text/html", msg.idempotency_key, {"ext": "html"}
+            )
         if msg.kind in ("sms", "webhook"):
             request = {
                 "to": msg.recipient,
@@ -57,7 +59,9 @@ class OutboxChannel:
                 "text": msg.body,
             }
             payload = json.dumps(request, ensure_ascii=False, sort_keys=True, indent=2).encode()
-            return Prepared(msg, payload + b"\n", "application/json", msg.idempotency_key, {"ext": "json"})
+            return Prepared(
+                msg, payload + b"\n", "application/json", msg.idempotency_key, {"ext": "json"}
+            )
         raise Permanent(f"outbox cannot hold {msg.kind!r} messages", bad_recipient=False)
 
     async def send(self, prepared: Prepared) -> Receipt:

@@ -20,7 +20,7 @@ from channels.base import Channel, RateLimit
 from outreach import clock, registry
 from outreach.config import ENGINE_CHANNEL_KEYS, Config, load
 from outreach.discovery import DiscoveryReport, party_query, record_results, run_sources
-from outreach.dispatch import DispatchPolicy, DispatchReport, Dispatcher
+from outreach.dispatch import Dispatcher, DispatchPolicy, DispatchReport
 from outreach.ladder import PlanReport, plan_due
 from outreach.migrate import ensure_schema
 from outreach.ratelimit import parse_limit
@@ -70,10 +70,14 @@ class App:
                 if party is not None and key != party:
                     continue
                 row = s.query(Party).filter(Party.key == key).one()
-                declared = [DeclaredContact(c.kind, c.value, c.label, c.source) for c in pc.contacts]
+                declared = [
+                    DeclaredContact(c.kind, c.value, c.label, c.source) for c in pc.contacts
+                ]
                 names = list(dict.fromkeys(["config", *pc.sources]))
                 queries.append((party_query(row, declared), names))
-        results = asyncio.run(run_sources(queries, registry.source_adapters(), fetcher, progress=progress))
+        results = asyncio.run(
+            run_sources(queries, registry.source_adapters(), fetcher, progress=progress)
+        )
         with self.sessions.begin() as s:
             return record_results(s, results, documents() if documents else (), at=at)
 
@@ -97,7 +101,9 @@ class App:
             built[name] = adapters[str(settings["adapter"])](name, rest, env)
         return built
 
-    def dispatcher(self, channels: Mapping[str, Channel], *, now: Callable[[], datetime] = clock.now) -> Dispatcher:
+    def dispatcher(
+        self, channels: Mapping[str, Channel], *, now: Callable[[], datetime] = clock.now
+    ) -> Dispatcher:
         d = self.config.dispatch
         limits: dict[str, list[RateLimit]] = {}
         concurrency: dict[str, int] = {}
@@ -107,7 +113,9 @@ class App:
             if declared is not None:
                 limits[name] = [parse_limit(str(t)) for t in declared]
             else:
-                limits[name] = list(getattr(adapters[str(settings["adapter"])], "default_limits", ()))
+                limits[name] = list(
+                    getattr(adapters[str(settings["adapter"])], "default_limits", ())
+                )
             concurrency[name] = int(settings.get("concurrency", 20))
         policy = DispatchPolicy(
             max_tries=d.max_tries,
@@ -117,8 +125,13 @@ class App:
             batch=d.batch,
         )
         return Dispatcher(
-            self.sessions, channels, policy, limits=limits, concurrency=concurrency,
-            sender_name=self.config.sender.name, now=now,
+            self.sessions,
+            channels,
+            policy,
+            limits=limits,
+            concurrency=concurrency,
+            sender_name=self.config.sender.name,
+            now=now,
         )
 
 

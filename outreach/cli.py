@@ -39,7 +39,9 @@ class Ctx:
                 self._app = App.open(self.path)
             except ConfigError as exc:
                 click.echo(str(exc), err=True)
-                click.echo(f"{len(exc.problems)} problem(s) in the config; nothing was written.", err=True)
+                click.echo(
+                    f"{len(exc.problems)} problem(s) in the config; nothing was written.", err=True
+                )
                 sys.exit(2)
         return self._app
 
@@ -54,7 +56,10 @@ def json_option(f: F) -> F:
 
 def _at_option(f: F) -> F:
     return click.option(
-        "--at", "at", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M"]), default=None,
+        "--at",
+        "at",
+        type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M"]),
+        default=None,
         help="Pretend it is this moment (Beijing time), e.g. 2026-12-01.",
     )(f)
 
@@ -67,7 +72,10 @@ def _to_utc(at: datetime | None) -> datetime | None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
-    "-c", "--config", metavar="PATH", default=None,
+    "-c",
+    "--config",
+    metavar="PATH",
+    default=None,
     help="Config file (default: $OUTREACH_CONFIG or ./outreach.toml).",
 )
 @click.version_option(__version__, prog_name="outreach")
@@ -130,7 +138,11 @@ def db_current(c: Ctx) -> None:
 
 
 def _print_sync(report: Any) -> None:
-    for label, items in (("added", report.added), ("changed", report.changed), ("inactive", report.deactivated)):
+    for label, items in (
+        ("added", report.added),
+        ("changed", report.changed),
+        ("inactive", report.deactivated),
+    ):
         for item in items:
             click.echo(f"  {label:8} {item}")
     if report.empty:
@@ -155,19 +167,26 @@ def discover_cmd(c: Ctx, party: str | None, offline: bool) -> None:
     app = c.app()
     app.sync()
     report = _discover(app, party=party, offline=offline, progress=True)
-    click.echo(f"discovered for {report.parties} parties: {len(report.added)} new, "
-               f"{len(report.unlisted)} no longer listed, {len(report.failures)} source failures")
+    click.echo(
+        f"discovered for {report.parties} parties: {len(report.added)} new, "
+        f"{len(report.unlisted)} no longer listed, {len(report.failures)} source failures"
+    )
     for item in report.added:
         click.echo(f"  new       {item}")
     for item in report.unlisted:
         click.echo(f"  unlisted  {item}")
     for notice in report.notices:
-        click.echo(f"  {notice.kind:9} {notice.party}: {notice.message}" + (f" — {notice.advice}" if notice.advice else ""))
+        click.echo(
+            f"  {notice.kind:9} {notice.party}: {notice.message}"
+            + (f" — {notice.advice}" if notice.advice else "")
+        )
     for item in report.failures:
         click.echo(f"  failed    {item}")
 
 
-def _discover(app: App, *, party: str | None = None, offline: bool = False, progress: bool = False) -> Any:
+def _discover(
+    app: App, *, party: str | None = None, offline: bool = False, progress: bool = False
+) -> Any:
     fetcher, documents = _fetcher(offline)
     say = (lambda msg: click.echo(f"  … {msg}", err=True)) if progress else None
     return app.discover(party=party, fetcher=fetcher, progress=say, documents=documents)
@@ -218,10 +237,22 @@ def run_cmd(c: Ctx, at: datetime | None, offline: bool, as_json: bool) -> None:
     planned = app.plan(at=when)
     dispatched = _dispatch(app, when)
     rows = [
-        {"stage": "sync", "result": f"{len(synced.added)} added, {len(synced.changed)} changed, {len(synced.deactivated)} inactive"},
-        {"stage": "discover", "result": f"{len(discovered.added)} new contacts, {len(discovered.failures)} source failures"},
-        {"stage": "plan", "result": f"{len(planned.planned)} steps planned, {sum(p.attempts for p in planned.planned)} attempts queued, {len(planned.waiting)} cases waiting"},
-        {"stage": "send", "result": f"{dispatched.sent} sent, {dispatched.pending} awaiting you, {dispatched.failed} failed, {dispatched.unknown} unknown, {dispatched.rescheduled} retry later, {dispatched.deferred} rate-limited"},
+        {
+            "stage": "sync",
+            "result": f"{len(synced.added)} added, {len(synced.changed)} changed, {len(synced.deactivated)} inactive",
+        },
+        {
+            "stage": "discover",
+            "result": f"{len(discovered.added)} new contacts, {len(discovered.failures)} source failures",
+        },
+        {
+            "stage": "plan",
+            "result": f"{len(planned.planned)} steps planned, {sum(p.attempts for p in planned.planned)} attempts queued, {len(planned.waiting)} cases waiting",
+        },
+        {
+            "stage": "send",
+            "result": f"{dispatched.sent} sent, {dispatched.pending} awaiting you, {dispatched.failed} failed, {dispatched.unknown} unknown, {dispatched.rescheduled} retry later, {dispatched.deferred} rate-limited",
+        },
     ]
     if as_json:
         emit(rows, as_json=True)
@@ -284,16 +315,18 @@ def status_cmd(c: Ctx, as_json: bool) -> None:
                 nxt = "-"
             else:
                 nxt = f"ladder done ({total} steps); waiting for an answer"
-            rows.append({
-                "case": case.reference,
-                "key": case.key,
-                "merchant": case.merchant.name,
-                "goal": case.goal,
-                "state": case.state if case.active else f"{case.state} (inactive)",
-                "steps_done": f"{case.next_step}/{total}",
-                "next": nxt,
-                "attempts": ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-",
-            })
+            rows.append(
+                {
+                    "case": case.reference,
+                    "key": case.key,
+                    "merchant": case.merchant.name,
+                    "goal": case.goal,
+                    "state": case.state if case.active else f"{case.state} (inactive)",
+                    "steps_done": f"{case.next_step}/{total}",
+                    "next": nxt,
+                    "attempts": ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-",
+                }
+            )
     emit(rows, as_json=as_json)
 
 
@@ -307,9 +340,14 @@ def audit() -> None:
 
 def _case_chain(app: App, ref: str) -> tuple[Case, str]:
     with app.sessions() as s:
-        case = s.scalars(select(Case).where((Case.reference == ref) | (Case.key == ref))).one_or_none()
+        case = s.scalars(
+            select(Case).where((Case.reference == ref) | (Case.key == ref))
+        ).one_or_none()
     if case is None:
-        click.echo(f"no case {ref!r} (use its reference, e.g. OUT-2026-000001, or its config key)", err=True)
+        click.echo(
+            f"no case {ref!r} (use its reference, e.g. OUT-2026-000001, or its config key)",
+            err=True,
+        )
         sys.exit(2)
     return case, case.chain
 
@@ -333,10 +371,20 @@ def audit_log(c: Ctx, case_ref: str | None, limit: int | None, as_json: bool) ->
     if as_json:
         import json
 
-        emit([{**json.loads(e.body), "prev_hash": e.prev_hash, "hash": e.hash} for e in events], as_json=True)
+        emit(
+            [{**json.loads(e.body), "prev_hash": e.prev_hash, "hash": e.hash} for e in events],
+            as_json=True,
+        )
         return
     rows = [
-        {"at": e.at, "chain": e.chain, "seq": e.seq, "kind": e.kind, "summary": _summary(e), "hash": e.hash[:16]}
+        {
+            "at": e.at,
+            "chain": e.chain,
+            "seq": e.seq,
+            "kind": e.kind,
+            "summary": _summary(e),
+            "hash": e.hash[:16],
+        }
         for e in events
     ]
     emit(rows, as_json=False)
@@ -346,8 +394,20 @@ def _summary(e: Event) -> str:
     import json
 
     data = json.loads(e.body)["data"]
-    keys = ("recipient", "channel", "template", "party", "value", "error", "reason", "provider_id", "reference")
-    parts = [f"{k}={data[k]}" for k in keys if isinstance(data, dict) and data.get(k) not in (None, "")]
+    keys = (
+        "recipient",
+        "channel",
+        "template",
+        "party",
+        "value",
+        "error",
+        "reason",
+        "provider_id",
+        "reference",
+    )
+    parts = [
+        f"{k}={data[k]}" for k in keys if isinstance(data, dict) and data.get(k) not in (None, "")
+    ]
     return " ".join(parts)
 
 
@@ -364,7 +424,18 @@ def audit_verify(c: Ctx, case_ref: str | None, as_json: bool) -> None:
     problems = [r.problem for r in reports if r.problem is not None]
     total = sum(r.events for r in reports)
     if as_json:
-        emit([{"chain": r.chain, "events": r.events, "head": r.head_hash, "problem": str(r.problem) if r.problem else None} for r in reports], as_json=True)
+        emit(
+            [
+                {
+                    "chain": r.chain,
+                    "events": r.events,
+                    "head": r.head_hash,
+                    "problem": str(r.problem) if r.problem else None,
+                }
+                for r in reports
+            ],
+            as_json=True,
+        )
     elif problems:
         for p in problems:
             click.echo(f"BROKEN {p}")

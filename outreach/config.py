@@ -344,10 +344,10 @@ def _cross_check(cfg: Config, channel_kinds: Mapping[str, frozenset[str]]) -> li
                             f"no configured channel can send {kind!r}; add a [channels.<name>] whose adapter handles it",
                         )
                     )
-            for kind, chan in step.channels.items():
+            for via_kind, chan in step.channels.items():
                 if chan not in cfg.channels:
                     problems.append(
-                        (f"{where}.channels.{kind}", f"no channel {chan!r} in [channels]")
+                        (f"{where}.channels.{via_kind}", f"no channel {chan!r} in [channels]")
                     )
     case_keys: set[str] = set()
     for i, c in enumerate(cfg.cases):
@@ -439,7 +439,9 @@ def _engine_channel_keys(name: str, settings: Mapping[str, Any]) -> list[tuple[s
         problems.append((f"channels.{name}.concurrency", "expected an integer between 1 and 1000"))
     limits = settings.get("limits", [])
     if not isinstance(limits, list):
-        problems.append((f"channels.{name}.limits", 'expected a list such as ["1/1m", "5/1h", "10/1d"]'))
+        problems.append(
+            (f"channels.{name}.limits", 'expected a list such as ["1/1m", "5/1h", "10/1d"]')
+        )
     else:
         for i, text in enumerate(limits):
             try:

@@ -81,7 +81,7 @@ async def run_sources(
     fetcher: Fetcher | None = None,
     *,
     progress: Progress | None = None,
-    timeout: float = 120.0,
+    source_timeout: float = 120.0,
 ) -> list[PartyResult]:
     """Run every (party, source) pair concurrently; the fetcher enforces per-host politeness."""
     fetch: Fetcher = fetcher or _OfflineFetcher()
@@ -90,13 +90,15 @@ async def run_sources(
     async def one(query: PartyQuery, source_name: str) -> None:
         cls = adapters.get(source_name)
         if cls is None:
-            results[query.key].failed[source_name] = f"no source adapter named {source_name!r} is installed"
+            results[query.key].failed[source_name] = (
+                f"no source adapter named {source_name!r} is installed"
+            )
             return
         source: Source = cls()
         try:
-            lookup = await asyncio.wait_for(source.lookup(query, fetch), timeout)
+            lookup = await asyncio.wait_for(source.lookup(query, fetch), source_timeout)
         except TimeoutError:
-            results[query.key].failed[source_name] = f"gave no answer within {timeout:.0f}s"
+            results[query.key].failed[source_name] = f"gave no answer within {source_timeout:.0f}s"
         except Exception as exc:  # noqa: BLE001 - a broken adapter must not crash the run
             results[query.key].failed[source_name] = f"{type(exc).__name__}: {exc}"
         else:
@@ -160,7 +162,9 @@ def record_results(
             _unlist_missing(session, party, chain, source_name, existing, seen, report, now)
         for source_name, error in result.failed.items():
             report.failures.append(f"{party.key}: {source_name}: {error}")
-            record_event(session, chain, "source_failed", {"source": source_name, "error": error}, at=now)
+            record_event(
+                session, chain, "source_failed", {"source": source_name, "error": error}, at=now
+            )
     session.flush()
     return report
 
@@ -178,35 +182,66 @@ def _merge_finding(
     try:
         value = normalize(f.kind, f.value) if f.kind != "licence" else f.value.strip().upper()
     except InvalidContact as exc:
-        record_event(session, chain, "finding_rejected", {"source": f.source, "kind": f.kind, "value": f.value, "why": str(exc)}, at=now)
+        record_event(
+            session,
+            chain,
+            "finding_rejected",
+            {"source": f.source, "kind": f.kind, "value": f.value, "why": str(exc)},
+            at=now,
+        )
         return
     cp = existing.get((f.kind, value))
     if cp is None:
         cp = ContactPoint(
-            party_id=party.id, kind=f.kind, value=value, label=f.label, status="unknown",
-            confidence=f.confidence, listed=True, first_seen=now, last_seen=now,
+            party_id=party.id,
+            kind=f.kind,
+            value=value,
+            label=f.label,
+            status="unknown",
+            confidence=f.confidence,
+            listed=True,
+            first_seen=now,
+            last_seen=now,
         )
         session.add(cp)
         session.flush()
         existing[(f.kind, value)] = cp
         report.added.append(f"{party.key}: {f.kind} {value} ({f.source})")
         record_event(
-            session, chain, "contact_added",
-            {"kind": f.kind, "value": value, "label": f.label, "source": f.source, "url": f.url,
-             "evidence_sha256": f.evidence_sha256, "confidence": f"{f.confidence:.2f}", "as_of": f.as_of},
+            session,
+            chain,
+            "contact_added",
+            {
+                "kind": f.kind,
+                "value": value,
+                "label": f.label,
+                "source": f.source,
+                "url": f.url,
+                "evidence_sha256": f.evidence_sha256,
+                "confidence": f"{f.confidence:.2f}",
+                "as_of": f.as_of,
+            },
             at=now,
         )
     elif not cp.listed:
         cp.listed = True
         report.relisted.append(f"{party.key}: {f.kind} {value} ({f.source})")
-        record_event(session, chain, "contact_relisted", {"kind": f.kind, "value": value, "source": f.source, "url": f.url}, at=now)
+        record_event(
+            session,
+            chain,
+            "contact_relisted",
+            {"kind": f.kind, "value": value, "source": f.source, "url": f.url},
+            at=now,
+        )
     cp.last_seen = now
     if f.label and not cp.label:
         cp.label = f.label
     url = f.url or ""
     prov = session.scalars(
         select(Provenance).where(
-            Provenance.contact_point_id == cp.id, Provenance.source == f.source, Provenance.url == url
+            Provenance.contact_point_id == cp.id,
+            Provenance.source == f.source,
+            Provenance.url == url,
         )
     ).one_or_none()
     if prov is None:
@@ -248,14 +283,18 @@ def _unlist_missing(
         prov.listed = False
         cp = by_id[prov.contact_point_id]
         record_event(
-            session, chain, "provenance_unlisted",
+            session,
+            chain,
+            "provenance_unlisted",
             {"kind": cp.kind, "value": cp.value, "source": prov.source, "url": prov.url or None},
             at=now,
         )
         if not any(p.listed for p in cp.provenance if p.id != prov.id):
             cp.listed = False
             report.unlisted.append(f"{party.key}: {cp.kind} {cp.value}")
-            record_event(session, chain, "contact_unlisted", {"kind": cp.kind, "value": cp.value}, at=now)
+            record_event(
+                session, chain, "contact_unlisted", {"kind": cp.kind, "value": cp.value}, at=now
+            )
         cp.confidence = _combine(p.confidence for p in cp.provenance if p.listed)
 
 

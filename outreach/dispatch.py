@@ -32,7 +32,16 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from channels.base import Channel, Outgoing, Permanent, Prepared, RateLimit, Receipt, Transient, Unknown
+from channels.base import (
+    Channel,
+    Outgoing,
+    Permanent,
+    Prepared,
+    RateLimit,
+    Receipt,
+    Transient,
+    Unknown,
+)
 from outreach import clock
 from outreach.proof import record_event, store_blob
 from outreach.ratelimit import next_allowed
@@ -57,7 +66,16 @@ class DispatchReport:
     errors: list[str] = field(default_factory=list)
 
     def add(self, other: DispatchReport) -> None:
-        for name in ("sent", "pending", "failed", "unknown", "rescheduled", "deferred", "recovered", "released"):
+        for name in (
+            "sent",
+            "pending",
+            "failed",
+            "unknown",
+            "rescheduled",
+            "deferred",
+            "recovered",
+            "released",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.errors.extend(other.errors)
 
@@ -69,7 +87,7 @@ class DispatchPolicy:
     max_claims: int = 12
     lease_seconds: float = 120.0
     batch: int = 200
-    backoff: Backoff = Backoff()
+    backoff: Backoff = field(default_factory=Backoff)
 
 
 @dataclass
@@ -134,7 +152,9 @@ class Dispatcher:
         self.sender_name = sender_name
         self.now = now
         self.sleep = sleep
-        self._sem = {name: asyncio.Semaphore((concurrency or {}).get(name, 20)) for name in channels}
+        self._sem = {
+            name: asyncio.Semaphore((concurrency or {}).get(name, 20)) for name in channels
+        }
         self._stopping = False
 
     def request_stop(self) -> None:
@@ -154,16 +174,28 @@ class Dispatcher:
         with self.sessions.begin() as s:
             stuck = s.scalars(
                 self._lock(
-                    select(Attempt).where(Attempt.state == "sending", Attempt.lease_expires_at < now)
+                    select(Attempt).where(
+                        Attempt.state == "sending", Attempt.lease_expires_at < now
+                    )
                 )
             ).all()
             for a in stuck:
                 case = self._case_of(s, a)
                 record_event(
-                    s, case.chain, "unknown",
-                    {"attempt": a.id, "try": a.tries, "reason": "interrupted: the try started but no outcome was recorded (worker stopped or crashed)",
-                     "lease_owner": a.lease_owner, "idempotency_key": a.idempotency_key, "message_id": a.message_id},
-                    case_id=case.id, attempt_id=a.id, at=now,
+                    s,
+                    case.chain,
+                    "unknown",
+                    {
+                        "attempt": a.id,
+                        "try": a.tries,
+                        "reason": "interrupted: the try started but no outcome was recorded (worker stopped or crashed)",
+                        "lease_owner": a.lease_owner,
+                        "idempotency_key": a.idempotency_key,
+                        "message_id": a.message_id,
+                    },
+                    case_id=case.id,
+                    attempt_id=a.id,
+                    at=now,
                 )
                 a.state = "unknown"
                 a.lease_owner = None
@@ -199,8 +231,11 @@ class Dispatcher:
             select(Attempt.message_id)
             .join(Notice, Attempt.notice_id == Notice.id)
             .where(
-                Notice.case_id == case.id, Notice.party_id == party.id, Notice.step < notice.step,
-                Attempt.kind == "email", Attempt.message_id.is_not(None),
+                Notice.case_id == case.id,
+                Notice.party_id == party.id,
+                Notice.step < notice.step,
+                Attempt.kind == "email",
+                Attempt.message_id.is_not(None),
             )
             .order_by(Attempt.id)
         ).all()
@@ -250,9 +285,17 @@ class Dispatcher:
                         a.next_try_at = allowed
                         a.updated_at = now
                         record_event(
-                            s, case.chain, "deferred",
-                            {"attempt": a.id, "reason": "per-recipient rate limit", "until": allowed.isoformat()},
-                            case_id=case.id, attempt_id=a.id, at=now,
+                            s,
+                            case.chain,
+                            "deferred",
+                            {
+                                "attempt": a.id,
+                                "reason": "per-recipient rate limit",
+                                "until": allowed.isoformat(),
+                            },
+                            case_id=case.id,
+                            attempt_id=a.id,
+                            at=now,
                         )
                         report.deferred += 1
                         continue
@@ -264,9 +307,18 @@ class Dispatcher:
                     a.last_error = exc.detail
                     a.updated_at = now
                     record_event(
-                        s, case.chain, "failed",
-                        {"attempt": a.id, "stage": "prepare", "error": exc.detail, "code": exc.code},
-                        case_id=case.id, attempt_id=a.id, at=now,
+                        s,
+                        case.chain,
+                        "failed",
+                        {
+                            "attempt": a.id,
+                            "stage": "prepare",
+                            "error": exc.detail,
+                            "code": exc.code,
+                        },
+                        case_id=case.id,
+                        attempt_id=a.id,
+                        at=now,
                     )
                     report.failed += 1
                     continue
@@ -281,15 +333,37 @@ class Dispatcher:
                 a.updated_at = now
                 s.add(Send(channel=a.channel, recipient=a.recipient, at=now, attempt_id=a.id))
                 record_event(
-                    s, case.chain, "try_started",
-                    {"attempt": a.id, "try": a.tries, "claim": a.claims, "channel": a.channel,
-                     "kind": a.kind, "recipient": a.recipient, "payload_sha256": payload_sha,
-                     "media_type": prepared.media_type, "message_id": prepared.message_id,
-                     "idempotency_key": a.idempotency_key, "worker": self.owner},
-                    case_id=case.id, attempt_id=a.id, at=now,
+                    s,
+                    case.chain,
+                    "try_started",
+                    {
+                        "attempt": a.id,
+                        "try": a.tries,
+                        "claim": a.claims,
+                        "channel": a.channel,
+                        "kind": a.kind,
+                        "recipient": a.recipient,
+                        "payload_sha256": payload_sha,
+                        "media_type": prepared.media_type,
+                        "message_id": prepared.message_id,
+                        "idempotency_key": a.idempotency_key,
+                        "worker": self.owner,
+                    },
+                    case_id=case.id,
+                    attempt_id=a.id,
+                    at=now,
                 )
                 jobs.append(
-                    _Job(a.id, case.id, case.chain, a.channel, a.contact_point_id, prepared, a.tries, a.claims)
+                    _Job(
+                        a.id,
+                        case.id,
+                        case.chain,
+                        a.channel,
+                        a.contact_point_id,
+                        prepared,
+                        a.tries,
+                        a.claims,
+                    )
                 )
         return jobs
 
@@ -302,10 +376,20 @@ class Dispatcher:
             a = s.get(Attempt, job.attempt_id)
             assert a is not None
             record_event(
-                s, job.chain, "try_failed",
-                {"attempt": job.attempt_id, "try": a.tries, "error": exc.detail, "code": exc.code,
-                 "transcript": _jsonable(exc.transcript), "retry_in_seconds": f"{delay:.1f}"},
-                case_id=job.case_id, attempt_id=job.attempt_id, at=now,
+                s,
+                job.chain,
+                "try_failed",
+                {
+                    "attempt": job.attempt_id,
+                    "try": a.tries,
+                    "error": exc.detail,
+                    "code": exc.code,
+                    "transcript": _jsonable(exc.transcript),
+                    "retry_in_seconds": f"{delay:.1f}",
+                },
+                case_id=job.case_id,
+                attempt_id=job.attempt_id,
+                at=now,
             )
             a.last_error = exc.detail
             a.lease_expires_at = now + timedelta(seconds=self.policy.lease_seconds + delay)
@@ -320,12 +404,25 @@ class Dispatcher:
             a.updated_at = now
             s.add(Send(channel=a.channel, recipient=a.recipient, at=now, attempt_id=a.id))
             record_event(
-                s, job.chain, "try_started",
-                {"attempt": a.id, "try": a.tries, "claim": a.claims, "channel": a.channel, "kind": a.kind,
-                 "recipient": a.recipient, "payload_sha256": a.payload_sha256,
-                 "media_type": job.prepared.media_type, "message_id": a.message_id,
-                 "idempotency_key": a.idempotency_key, "worker": self.owner},
-                case_id=job.case_id, attempt_id=a.id, at=now,
+                s,
+                job.chain,
+                "try_started",
+                {
+                    "attempt": a.id,
+                    "try": a.tries,
+                    "claim": a.claims,
+                    "channel": a.channel,
+                    "kind": a.kind,
+                    "recipient": a.recipient,
+                    "payload_sha256": a.payload_sha256,
+                    "media_type": job.prepared.media_type,
+                    "message_id": a.message_id,
+                    "idempotency_key": a.idempotency_key,
+                    "worker": self.owner,
+                },
+                case_id=job.case_id,
+                attempt_id=a.id,
+                at=now,
             )
 
     async def _send(self, job: _Job, outcomes: asyncio.Queue[_Outcome | None]) -> None:
@@ -358,17 +455,29 @@ class Dispatcher:
                                 raise _Stopped
                             self._record_try_start(job)
                         receipt = await channel.send(job.prepared)
-                state = "pending" if receipt.pending else ("sent" if receipt.accepted else "unknown")
-                await outcomes.put(_Outcome(job, state, receipt=receipt, at=self.now(), tries=tries))
+                state = (
+                    "pending" if receipt.pending else ("sent" if receipt.accepted else "unknown")
+                )
+                await outcomes.put(
+                    _Outcome(job, state, receipt=receipt, at=self.now(), tries=tries)
+                )
             except _Stopped:
-                await outcomes.put(_Outcome(job, "retry", error=Transient("stopped before the next try"), at=self.now(), tries=tries))
+                await outcomes.put(
+                    _Outcome(
+                        job,
+                        "retry",
+                        error=Transient("stopped before the next try"),
+                        at=self.now(),
+                        tries=tries,
+                    )
+                )
             except Transient as exc:
                 await outcomes.put(_Outcome(job, "retry", error=exc, at=self.now(), tries=tries))
             except Permanent as exc:
                 await outcomes.put(_Outcome(job, "failed", error=exc, at=self.now(), tries=tries))
             except Unknown as exc:
                 await outcomes.put(_Outcome(job, "unknown", error=exc, at=self.now(), tries=tries))
-            except Exception as exc:  # noqa: BLE001 - an adapter bug may have sent: treat as unknown
+            except Exception as exc:
                 log.exception("channel %s raised an unexpected error", job.channel)
                 await outcomes.put(_Outcome(job, "unknown", error=exc, at=self.now(), tries=tries))
 
@@ -386,7 +495,12 @@ class Dispatcher:
         a.lease_owner = None
         a.lease_expires_at = None
         a.updated_at = o.at
-        data: dict[str, Any] = {"attempt": a.id, "try": a.tries, "channel": a.channel, "recipient": a.recipient}
+        data: dict[str, Any] = {
+            "attempt": a.id,
+            "try": a.tries,
+            "channel": a.channel,
+            "recipient": a.recipient,
+        }
         if o.receipt is not None:
             r = o.receipt
             data["response_sha256"] = store_blob(s, r.response, r.response_type)
@@ -429,9 +543,18 @@ class Dispatcher:
                     cp.status_reason = data.get("error")
                     party = s.get(Party, cp.party_id)
                     record_event(
-                        s, job.chain, "contact_bad",
-                        {"party": party.key if party else None, "kind": cp.kind, "value": cp.value, "reason": data.get("error")},
-                        case_id=job.case_id, attempt_id=a.id, at=o.at,
+                        s,
+                        job.chain,
+                        "contact_bad",
+                        {
+                            "party": party.key if party else None,
+                            "kind": cp.kind,
+                            "value": cp.value,
+                            "reason": data.get("error"),
+                        },
+                        case_id=job.case_id,
+                        attempt_id=a.id,
+                        at=o.at,
                     )
         elif o.state == "unknown":
             a.state = "unknown"
@@ -456,7 +579,9 @@ class Dispatcher:
                 report.rescheduled += 1
         record_event(s, job.chain, kind, data, case_id=job.case_id, attempt_id=a.id, at=o.at)
 
-    async def _writer(self, outcomes: asyncio.Queue[_Outcome | None], report: DispatchReport) -> None:
+    async def _writer(
+        self, outcomes: asyncio.Queue[_Outcome | None], report: DispatchReport
+    ) -> None:
         done = False
         while not done:
             first = await outcomes.get()
@@ -497,7 +622,7 @@ class Dispatcher:
         for channel in self.channels.values():
             try:
                 await channel.aclose()
-            except Exception:  # noqa: BLE001 - closing must not hide the run's result
+            except Exception:
                 log.exception("closing channel %s", channel.name)
 
 

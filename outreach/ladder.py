@@ -54,7 +54,11 @@ class PlanReport:
 
 def step_due(case: Case, plan: PlanConfig, index: int) -> date:
     step = plan.steps[index]
-    base = case.opened_on if (index == 0 or step.since == "opening" or case.last_step_on is None) else case.last_step_on
+    base = (
+        case.opened_on
+        if (index == 0 or step.since == "opening" or case.last_step_on is None)
+        else case.last_step_on
+    )
     return add_working_days(base, step.after)
 
 
@@ -72,13 +76,17 @@ def target_parties(session: Session, case: Case, step: StepConfig) -> list[Party
         party = session.scalars(select(Party).where(Party.key == step.to)).one_or_none()
         return [party] if party is not None and party.active else []
     if step.to == "agent":
-        found = {t.agent.id: t.agent for t in case.terminals if t.agent is not None and t.agent.active}
+        found = {
+            t.agent.id: t.agent for t in case.terminals if t.agent is not None and t.agent.active
+        }
         return sorted(found.values(), key=lambda p: p.key)
     if step.to == "acquirer":
         found = {t.acquirer.id: t.acquirer for t in case.terminals if t.acquirer.active}
         return sorted(found.values(), key=lambda p: p.key)
     return list(
-        session.scalars(select(Party).where(Party.role == step.to, Party.active.is_(True)).order_by(Party.key))
+        session.scalars(
+            select(Party).where(Party.role == step.to, Party.active.is_(True)).order_by(Party.key)
+        )
     )
 
 
@@ -94,10 +102,14 @@ def usable_contacts(session: Session, party: Party, via: str) -> list[ContactPoi
     ).all()
     usable = [cp for cp in rows if via != "sms" or cp.kind == "sms" or is_mobile(cp.value)]
     rank = {"good": 0, "unknown": 1}
-    return sorted(usable, key=lambda cp: (rank.get(cp.status, 2), not cp.listed, -cp.confidence, cp.id))
+    return sorted(
+        usable, key=lambda cp: (rank.get(cp.status, 2), not cp.listed, -cp.confidence, cp.id)
+    )
 
 
-def channel_for(cfg: Config, kinds: Mapping[str, frozenset[str]], step: StepConfig, via: str) -> str | None:
+def channel_for(
+    cfg: Config, kinds: Mapping[str, frozenset[str]], step: StepConfig, via: str
+) -> str | None:
     if via in step.channels:
         return step.channels[via]
     for name, settings in cfg.channels.items():
@@ -111,7 +123,10 @@ def _previous(session: Session, case: Case, language: str) -> list[dict[str, str
         select(Attempt, Notice, Party)
         .join(Notice, Attempt.notice_id == Notice.id)
         .join(Party, Notice.party_id == Party.id)
-        .where(Notice.case_id == case.id, Attempt.state.in_(("sent", "delivered", "pending", "unknown")))
+        .where(
+            Notice.case_id == case.id,
+            Attempt.state.in_(("sent", "delivered", "pending", "unknown")),
+        )
         .order_by(Attempt.created_at, Attempt.id)
     ).all()
     names = VIA_NAMES[language]
@@ -126,7 +141,9 @@ def _previous(session: Session, case: Case, language: str) -> list[dict[str, str
     ]
 
 
-def _context(session: Session, cfg: Config, case: Case, party: Party, today: date, deadline: date) -> NoticeContext:
+def _context(
+    session: Session, cfg: Config, case: Case, party: Party, today: date, deadline: date
+) -> NoticeContext:
     m = case.merchant
     terms = sorted(case.terminals, key=lambda t: t.terminal_no)
     acquirers = {t.acquirer.id: t.acquirer for t in terms}
@@ -139,7 +156,12 @@ def _context(session: Session, cfg: Config, case: Case, party: Party, today: dat
         deadline=deadline,
         sender=cfg.sender.model_dump(),
         merchant={"name": m.name, "merchant_no": m.merchant_no, "contact_name": m.contact_name},
-        party={"name": party.name, "legal_name": party.legal_name, "licence_no": party.licence_no, "role": party.role},
+        party={
+            "name": party.name,
+            "legal_name": party.legal_name,
+            "licence_no": party.licence_no,
+            "role": party.role,
+        },
         terminals=[
             {
                 "terminal_no": t.terminal_no,
@@ -150,7 +172,10 @@ def _context(session: Session, cfg: Config, case: Case, party: Party, today: dat
             }
             for t in terms
         ],
-        acquirers=[{"name": a.name, "legal_name": a.legal_name, "licence_no": a.licence_no} for a in acquirers.values()],
+        acquirers=[
+            {"name": a.name, "legal_name": a.legal_name, "licence_no": a.licence_no}
+            for a in acquirers.values()
+        ],
         agents=agents,
         previous=_previous(session, case, case.language),
         statement=case.statement,
@@ -202,11 +227,21 @@ def plan_due(
         if dry_run:
             continue
         record_event(
-            session, case.chain, "step_planned",
-            {"step": index, "template": step.template, "to": step.to, "parties": planned.parties,
-             "attempts": planned.attempts, "missing": planned.missing, "due": due.isoformat(),
-             "deadline": deadline.isoformat()},
-            case_id=case.id, at=now,
+            session,
+            case.chain,
+            "step_planned",
+            {
+                "step": index,
+                "template": step.template,
+                "to": step.to,
+                "parties": planned.parties,
+                "attempts": planned.attempts,
+                "missing": planned.missing,
+                "due": due.isoformat(),
+                "deadline": deadline.isoformat(),
+            },
+            case_id=case.id,
+            at=now,
         )
         case.next_step = index + 1
         case.last_step_on = today
@@ -255,45 +290,99 @@ def _write_notice(
     body_sha = store_blob(session, rendered.body.encode("utf-8"), "text/plain; charset=utf-8")
     html_sha = store_blob(session, rendered.html.encode("utf-8"), "text/html; charset=utf-8")
     notice = Notice(
-        case_id=case.id, step=index, party_id=party.id, template=step.template,
-        language=rendered.language, subject=rendered.subject, body=rendered.body,
-        html=rendered.html, sms_params=rendered.sms_params, sha256=body_sha,
-        deadline=deadline, created_at=now,
+        case_id=case.id,
+        step=index,
+        party_id=party.id,
+        template=step.template,
+        language=rendered.language,
+        subject=rendered.subject,
+        body=rendered.body,
+        html=rendered.html,
+        sms_params=rendered.sms_params,
+        sha256=body_sha,
+        deadline=deadline,
+        created_at=now,
     )
     session.add(notice)
     session.flush()
     record_event(
-        session, case.chain, "notice_rendered",
-        {"step": index, "party": party.key, "party_name": party.legal_name or party.name,
-         "template": step.template, "language": rendered.language, "subject": rendered.subject,
-         "body_sha256": body_sha, "html_sha256": html_sha, "deadline": deadline.isoformat(),
-         "sms_params": rendered.sms_params},
-        case_id=case.id, at=now,
+        session,
+        case.chain,
+        "notice_rendered",
+        {
+            "step": index,
+            "party": party.key,
+            "party_name": party.legal_name or party.name,
+            "template": step.template,
+            "language": rendered.language,
+            "subject": rendered.subject,
+            "body_sha256": body_sha,
+            "html_sha256": html_sha,
+            "deadline": deadline.isoformat(),
+            "sms_params": rendered.sms_params,
+        },
+        case_id=case.id,
+        at=now,
     )
     for via, cp, channel in choices:
         attempt = Attempt(
-            notice_id=notice.id, contact_point_id=cp.id, channel=channel, kind=via,
-            recipient=cp.value, state="queued", tries=0, claims=0, next_try_at=now,
-            idempotency_key=secrets.token_hex(8), created_at=now, updated_at=now,
+            notice_id=notice.id,
+            contact_point_id=cp.id,
+            channel=channel,
+            kind=via,
+            recipient=cp.value,
+            state="queued",
+            tries=0,
+            claims=0,
+            next_try_at=now,
+            idempotency_key=secrets.token_hex(8),
+            created_at=now,
+            updated_at=now,
         )
         session.add(attempt)
         session.flush()
         record_event(
-            session, case.chain, "attempt_queued",
-            {"attempt": attempt.id, "step": index, "party": party.key, "via": via,
-             "channel": channel, "recipient": cp.value, "idempotency_key": attempt.idempotency_key},
-            case_id=case.id, attempt_id=attempt.id, at=now,
+            session,
+            case.chain,
+            "attempt_queued",
+            {
+                "attempt": attempt.id,
+                "step": index,
+                "party": party.key,
+                "via": via,
+                "channel": channel,
+                "recipient": cp.value,
+                "idempotency_key": attempt.idempotency_key,
+            },
+            case_id=case.id,
+            attempt_id=attempt.id,
+            at=now,
         )
 
 
 def describe(report: PlanReport) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = [
-        {"case": p.case, "step": p.step + 1, "template": p.template, "parties": ", ".join(p.parties),
-         "attempts": p.attempts, "due": p.due.isoformat() if p.due else "", "note": "; ".join(p.missing)}
+        {
+            "case": p.case,
+            "step": p.step + 1,
+            "template": p.template,
+            "parties": ", ".join(p.parties),
+            "attempts": p.attempts,
+            "due": p.due.isoformat() if p.due else "",
+            "note": "; ".join(p.missing),
+        }
         for p in report.planned
     ]
     rows += [
-        {"case": c, "step": s + 1, "template": "", "parties": "", "attempts": 0, "due": d.isoformat(), "note": "waiting"}
+        {
+            "case": c,
+            "step": s + 1,
+            "template": "",
+            "parties": "",
+            "attempts": 0,
+            "due": d.isoformat(),
+            "note": "waiting",
+        }
         for c, s, d in report.waiting
     ]
     return rows

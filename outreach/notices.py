@@ -30,8 +30,20 @@ GOAL_TITLES = {
 }
 
 VIA_NAMES = {
-    "zh-CN": {"email": "电子邮件", "sms": "短信", "webhook": "网络接口", "postal": "邮寄信函", "phone": "电话"},
-    "en": {"email": "e-mail", "sms": "SMS", "webhook": "webhook", "postal": "letter", "phone": "phone"},
+    "zh-CN": {
+        "email": "电子邮件",
+        "sms": "短信",
+        "webhook": "网络接口",
+        "postal": "邮寄信函",
+        "phone": "电话",
+    },
+    "en": {
+        "email": "e-mail",
+        "sms": "SMS",
+        "webhook": "webhook",
+        "postal": "letter",
+        "phone": "phone",
+    },
 }
 
 
@@ -126,7 +138,9 @@ class NoticeContext:
 def _env(autoescape: bool) -> Environment:
     return Environment(
         loader=PackageLoader("outreach", "templates"),
-        autoescape=select_autoescape(["html", "htm"], default=autoescape, default_for_string=autoescape),
+        autoescape=select_autoescape(
+            ["html", "htm"], default=autoescape, default_for_string=autoescape
+        ),
         undefined=StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=False,
@@ -169,7 +183,11 @@ def render(template: str, ctx: NoticeContext) -> Rendered:
     sha = hashlib.sha256(body.encode("utf-8")).hexdigest()
     paragraphs = [p for p in body.split("\n\n") if p.strip()]
     html = _HTML.get_template("letter.html.j2").render(
-        language=lang, subject=subject, paragraphs=paragraphs, reference=ctx.reference, body_sha256=sha
+        language=lang,
+        subject=subject,
+        paragraphs=paragraphs,
+        reference=ctx.reference,
+        body_sha256=sha,
     )
     terminals = [str(t["terminal_no"]) for t in ctx.terminals]
     sms_params = {

@@ -23,7 +23,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, *, max_width: int = 90) -> str:
+def table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, *, max_width: int = 90
+) -> str:
     if not rows:
         return "(none)"
     cols = list(columns or rows[0].keys())
@@ -32,7 +34,9 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = Non
     widths = [max(width(c), *(width(row[i]) for row in cells)) for i, c in enumerate(cols)]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v + " " * (w - width(v)) for v, w in zip(values, widths, strict=True)).rstrip()
+        return "  ".join(
+            v + " " * (w - width(v)) for v, w in zip(values, widths, strict=True)
+        ).rstrip()
 
     out = [line(cols), line(["-" * w for w in widths])]
     out += [line(row) for row in cells]
@@ -50,7 +54,9 @@ def _clip(text: str, limit: int) -> str:
     return out + "…"
 
 
-def emit(rows: Sequence[Mapping[str, Any]], *, as_json: bool, columns: Sequence[str] | None = None) -> None:
+def emit(
+    rows: Sequence[Mapping[str, Any]], *, as_json: bool, columns: Sequence[str] | None = None
+) -> None:
     if as_json:
         click.echo(json.dumps(list(rows), ensure_ascii=False, indent=2, default=str))
     else:

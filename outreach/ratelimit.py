@@ -20,10 +20,10 @@ _LIMIT = re.compile(r"^(\d+)/(\d*)([smhd])$")
 
 
 def parse_limit(text: str) -> RateLimit:
-    """"5/1h" or "10/d" -> RateLimit(5, 3600)."""
+    """ "5/1h" or "10/d" -> RateLimit(5, 3600)."""
     m = _LIMIT.match(text.strip())
     if not m:
-        raise ValueError(f"{text!r}: expected COUNT/PERIOD such as \"1/1m\", \"5/1h\", \"10/1d\"")
+        raise ValueError(f'{text!r}: expected COUNT/PERIOD such as "1/1m", "5/1h", "10/1d"')
     count, n, unit = int(m.group(1)), int(m.group(2) or 1), m.group(3)
     return RateLimit(count, n * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit])
 
@@ -39,7 +39,9 @@ def next_allowed(
             Send.channel == channel, Send.recipient == recipient, Send.at > since
         )
         if limit.scope == "channel":
-            q = select(func.count(), func.min(Send.at)).where(Send.channel == channel, Send.at > since)
+            q = select(func.count(), func.min(Send.at)).where(
+                Send.channel == channel, Send.at > since
+            )
         count, oldest = session.execute(q).one()
         if count >= limit.count and oldest is not None:
             # Conservative: wait until the oldest send in the window leaves it.

@@ -25,7 +25,7 @@ class Backoff:
     def delay(self, try_number: int, retry_after: float | None = None) -> float:
         if retry_after is not None:
             return max(0.0, min(retry_after, self.retry_after_cap))
-        return min(self.cap, self.base * 2 ** (try_number - 1)) + random.uniform(0, self.jitter)
+        return float(min(self.cap, self.base * 2.0 ** (try_number - 1)) + random.uniform(0, self.jitter))
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -34,6 +34,6 @@ class Backoff:
 
 
 def parse_duration(text: str) -> float:
-    """"30s", "15m", "2h", "1d" -> seconds."""
+    """ "30s", "15m", "2h", "1d" -> seconds."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     return float(text[:-1]) * units[text[-1]]

@@ -149,7 +149,9 @@ def sync(session: Session, cfg: Config, *, at: datetime | None = None) -> SyncRe
             }
             term = terminals.get(tc.terminal_no)
             if term is None:
-                session.add(Terminal(merchant_id=merchant.id, terminal_no=tc.terminal_no, **tvalues))
+                session.add(
+                    Terminal(merchant_id=merchant.id, terminal_no=tc.terminal_no, **tvalues)
+                )
                 report.added.append(f"terminal {mc.key}/{tc.terminal_no}")
             elif changed := _apply(term, tvalues):
                 report.changed.append(f"terminal {mc.key}/{tc.terminal_no} ({', '.join(changed)})")
@@ -171,7 +173,10 @@ def sync(session: Session, cfg: Config, *, at: datetime | None = None) -> SyncRe
             t.terminal_no: t
             for t in session.scalars(select(Terminal).where(Terminal.merchant_id == merchant.id))
         }
-        chosen = [all_terms[n] for n in (cc.terminals or [t.terminal_no for t in cfg.merchant(cc.merchant).terminals])]
+        chosen = [
+            all_terms[n]
+            for n in (cc.terminals or [t.terminal_no for t in cfg.merchant(cc.merchant).terminals])
+        ]
         values = {
             "merchant_id": merchant.id,
             "goal": cc.goal,
@@ -201,12 +206,22 @@ def sync(session: Session, cfg: Config, *, at: datetime | None = None) -> SyncRe
                 session.add(CaseTerminal(case_id=case.id, terminal_id=t.id))
             session.flush()
             session.refresh(case)
-            record_event(session, case.chain, "case_opened", case_snapshot(session, case), case_id=case.id, at=now)
+            record_event(
+                session,
+                case.chain,
+                "case_opened",
+                case_snapshot(session, case),
+                case_id=case.id,
+                at=now,
+            )
             report.added.append(f"case {cc.key} ({case.reference})")
             continue
         before = case_snapshot(session, case)
         changed = _apply(case, values)
-        current = {ct.terminal_id for ct in session.scalars(select(CaseTerminal).where(CaseTerminal.case_id == case.id))}
+        current = {
+            ct.terminal_id
+            for ct in session.scalars(select(CaseTerminal).where(CaseTerminal.case_id == case.id))
+        }
         wanted_ids = {t.id for t in chosen}
         for tid in wanted_ids - current:
             session.add(CaseTerminal(case_id=case.id, terminal_id=tid))
@@ -218,12 +233,26 @@ def sync(session: Session, cfg: Config, *, at: datetime | None = None) -> SyncRe
         if after != before:
             case.updated_at = now
             diff = sorted(k for k in after if after[k] != before.get(k))
-            record_event(session, case.chain, "case_updated", {"changed": diff, "now": after}, case_id=case.id, at=now)
+            record_event(
+                session,
+                case.chain,
+                "case_updated",
+                {"changed": diff, "now": after},
+                case_id=case.id,
+                at=now,
+            )
             report.changed.append(f"case {cc.key} ({', '.join(diff or changed)})")
     for key, case in cases.items():
         if key not in {c.key for c in cfg.cases} and case.active:
             case.active = False
-            record_event(session, case.chain, "case_inactive", {"reason": "removed from config"}, case_id=case.id, at=now)
+            record_event(
+                session,
+                case.chain,
+                "case_inactive",
+                {"reason": "removed from config"},
+                case_id=case.id,
+                at=now,
+            )
             report.deactivated.append(f"case {key}")
     session.flush()
     return report

@@ -23,14 +23,18 @@ PG_ADMIN = os.environ.get("OUTREACH_TEST_PG", "postgresql://postgres@127.0.0.1:5
 
 def _pg_admin_engine() -> sa.Engine | None:
     url = PG_ADMIN.replace("postgresql://", "postgresql+psycopg://", 1)
-    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    engine = sa.create_engine(
+        url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
+    )
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("select 1"))
     except Exception as exc:  # noqa: BLE001
         engine.dispose()
         if os.environ.get("OUTREACH_REQUIRE_PG") == "1":
-            pytest.fail(f"OUTREACH_REQUIRE_PG=1 but PostgreSQL at {PG_ADMIN} does not answer: {exc}")
+            pytest.fail(
+                f"OUTREACH_REQUIRE_PG=1 but PostgreSQL at {PG_ADMIN} does not answer: {exc}"
+            )
         return None
     return engine
 

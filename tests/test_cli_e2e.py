@@ -42,7 +42,9 @@ def test_example_runs_offline_end_to_end(example_config: Path) -> None:
     status = json.loads(outreach(example_config, "status", "--json").stdout)
     assert status[0]["steps_done"] == "1/5" and "reminder" in status[0]["next"]
 
-    log = json.loads(outreach(example_config, "audit", "log", "--case", "zhang-cancel", "--json").stdout)
+    log = json.loads(
+        outreach(example_config, "audit", "log", "--case", "zhang-cancel", "--json").stdout
+    )
     assert [e["seq"] for e in log] == list(range(1, len(log) + 1))
     assert log[0]["kind"] == "case_opened" and all(len(e["hash"]) == 64 for e in log)
 
@@ -58,7 +60,11 @@ def test_ladder_advances_on_working_days(example_config: Path) -> None:
     assert json.loads(outreach(example_config, "plan", "--json", at="2026-11-30").stdout) == plan
     run = outreach(example_config, "run", "--json", at="2026-11-30")
     assert json.loads(run.stdout)[3]["result"].startswith("2 sent")
-    reminder = next(p for p in (example_config.parent / "var" / "outbox").rglob("*.eml") if b"In-Reply-To" in p.read_bytes())
+    reminder = next(
+        p
+        for p in (example_config.parent / "var" / "outbox").rglob("*.eml")
+        if b"In-Reply-To" in p.read_bytes()
+    )
     assert b"References: <" in reminder.read_bytes()
 
 
@@ -66,7 +72,9 @@ def test_audit_verify_names_the_tampered_event(example_config: Path) -> None:
     assert outreach(example_config, "run").returncode == 0
     db = sqlite3.connect(example_config.parent / "var" / "outreach.db")
     db.execute("DROP TRIGGER events_no_update")
-    db.execute("UPDATE events SET body = replace(body, '张三', '李四') WHERE seq = 1 AND chain LIKE 'case:%'")
+    db.execute(
+        "UPDATE events SET body = replace(body, '张三', '李四') WHERE seq = 1 AND chain LIKE 'case:%'"
+    )
     db.commit()
     db.close()
     verify = outreach(example_config, "audit", "verify")
@@ -74,7 +82,9 @@ def test_audit_verify_names_the_tampered_event(example_config: Path) -> None:
     assert "BROKEN case:OUT-2026-000001 #1" in verify.stdout and "edited" in verify.stdout
 
 
-@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["audit", "verify", "--help"], ["status", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["run", "--help"], ["audit", "verify", "--help"], ["status", "--help"]]
+)
 def test_help_everywhere(example_config: Path, args: list[str]) -> None:
     proc = outreach(example_config, *args)
     assert proc.returncode == 0 and "Usage:" in proc.stdout

@@ -19,7 +19,9 @@ EXAMPLE = tomllib.loads((ROOT / "config.example.toml").read_text("utf-8"))
 
 
 def _parse(data: dict[str, Any]) -> Any:
-    return parse(data, Path("bad.toml"), registry.channel_kinds(), registry.channel_settings_models())
+    return parse(
+        data, Path("bad.toml"), registry.channel_kinds(), registry.channel_settings_models()
+    )
 
 
 def _mutated(path: str, value: Any) -> dict[str, Any]:
@@ -53,20 +55,45 @@ BAD = [
     # (mutation path, new value, expected key path in the message, expected words)
     ("sender.name", None, "sender.name", "required key is missing"),
     ("sender.nmae", "x", "sender.nmae", "unknown key"),
-    ("merchants[0].terminals[0].acquirer", "nobody", "merchants[0].terminals[0].acquirer", "no party 'nobody'"),
-    ("merchants[0].terminals[0].agent", "lakala", "merchants[0].terminals[0].agent", "expected 'agent'"),
+    (
+        "merchants[0].terminals[0].acquirer",
+        "nobody",
+        "merchants[0].terminals[0].acquirer",
+        "no party 'nobody'",
+    ),
+    (
+        "merchants[0].terminals[0].agent",
+        "lakala",
+        "merchants[0].terminals[0].agent",
+        "expected 'agent'",
+    ),
     ("cases[0].merchant", "ghost", "cases[0].merchant", "no merchant 'ghost'"),
     ("cases[0].plan", "fast", "cases[0].plan", "no plan 'fast'"),
     ("cases[0].terminals", ["99999999"], "cases[0].terminals[0]", "has no terminal '99999999'"),
     ("cases[0].goal", "cancel", "cases[0].goal", "expected 'cancel_terminal'"),
-    ("parties.shenzhen-agent.contacts[0].value", "not-an-email", "parties.shenzhen-agent.contacts[0]", "not an e-mail address"),
-    ("parties.shenzhen-agent.contacts[1].value", "12", "parties.shenzhen-agent.contacts[1]", "not a valid phone number"),
+    (
+        "parties.shenzhen-agent.contacts[0].value",
+        "not-an-email",
+        "parties.shenzhen-agent.contacts[0]",
+        "not an e-mail address",
+    ),
+    (
+        "parties.shenzhen-agent.contacts[1].value",
+        "12",
+        "parties.shenzhen-agent.contacts[1]",
+        "not a valid phone number",
+    ),
     ("parties.lakala.licence_no", "Z123", "parties.lakala.licence_no", "Z + 13 digits"),
     ("parties.lakala.role", "bank", "parties.lakala.role", "expected 'agent'"),
     ("merchants[0].merchant_no", 822584053990001, "merchants[0].merchant_no", "string"),
     ("plans.standard.steps[0].after", "0", "plans.standard.steps[0].after", "integer"),
     ("plans.standard.steps[0].to", "nobody", "plans.standard.steps[0].to", "neither a role"),
-    ("plans.standard.steps[0].via", ["email", "fax"], "plans.standard.steps[0].via[1]", "expected 'email'"),
+    (
+        "plans.standard.steps[0].via",
+        ["email", "fax"],
+        "plans.standard.steps[0].via[1]",
+        "expected 'email'",
+    ),
     ("channels.outbox.adapter", "carrier-pigeon", "channels.outbox.adapter", "unknown adapter"),
     ("channels.outbox.password", "hunter2", "channels.outbox.password", "_env"),
     ("channels.outbox.limits", ["5 per hour"], "channels.outbox.limits[0]", "COUNT/PERIOD"),
@@ -77,7 +104,9 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("path", "value", "where", "words"), BAD, ids=[b[0] + "=" + repr(b[1]) for b in BAD])
+@pytest.mark.parametrize(
+    ("path", "value", "where", "words"), BAD, ids=[b[0] + "=" + repr(b[1]) for b in BAD]
+)
 def test_malformed_config_names_key_path(path: str, value: Any, where: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
         _parse(_mutated(path, value))
@@ -102,7 +131,9 @@ def test_refund_case_needs_deposit() -> None:
 
 def test_via_kind_without_channel_is_rejected() -> None:
     data = _mutated("plans.standard.steps[0].via", ["phone"])
-    with pytest.raises(ConfigError, match=r"steps\[0\]\.via: no configured channel can send 'phone'"):
+    with pytest.raises(
+        ConfigError, match=r"steps\[0\]\.via: no configured channel can send 'phone'"
+    ):
         _parse(data)
 
 
@@ -116,11 +147,18 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_cli_rejects_bad_config_with_exit_2_and_writes_nothing(tmp_path: Path) -> None:
-    text = (ROOT / "config.example.toml").read_text("utf-8").replace('merchant = "zhang-store"', 'merchant = "ghost"')
+    text = (
+        (ROOT / "config.example.toml")
+        .read_text("utf-8")
+        .replace('merchant = "zhang-store"', 'merchant = "ghost"')
+    )
     cfg = tmp_path / "outreach.toml"
     cfg.write_text(text, "utf-8")
     proc = subprocess.run(
-        [sys.executable, "-m", "outreach", "-c", str(cfg), "run"], capture_output=True, text=True, cwd=tmp_path
+        [sys.executable, "-m", "outreach", "-c", str(cfg), "run"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert proc.returncode == 2, proc.stderr
     assert f"{cfg}: cases[0].merchant: no merchant 'ghost'" in proc.stderr

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from channels.base import Outgoing, Permanent, Prepared, RateLimit, Receipt, Transient, Unknown
 from outreach.app import App
-from outreach.dispatch import DispatchPolicy, Dispatcher
+from outreach.dispatch import Dispatcher, DispatchPolicy
 from outreach.proof import verify_chain
 from outreach.retry import Backoff
 from outreach.store import Attempt, ContactPoint, Event
@@ -33,7 +33,9 @@ class Scripted:
         self.sent: list[Prepared] = []
 
     def prepare(self, msg: Outgoing) -> Prepared:
-        payload = json.dumps({"to": msg.recipient, "key": msg.idempotency_key, "body": msg.body}, ensure_ascii=False).encode()
+        payload = json.dumps(
+            {"to": msg.recipient, "key": msg.idempotency_key, "body": msg.body}, ensure_ascii=False
+        ).encode()
         return Prepared(msg, payload, "application/json", f"<{msg.idempotency_key}@test>")
 
     async def send(self, prepared: Prepared) -> Receipt:
@@ -41,7 +43,12 @@ class Scripted:
         step = self.script.pop(0) if self.script else "ok"
         if isinstance(step, Exception):
             raise step
-        return Receipt(accepted=True, provider_id=f"id-{len(self.sent)}", response=b"250 ok", transcript={"n": len(self.sent)})
+        return Receipt(
+            accepted=True,
+            provider_id=f"id-{len(self.sent)}",
+            response=b"250 ok",
+            transcript={"n": len(self.sent)},
+        )
 
     async def aclose(self) -> None:
         return None
@@ -57,7 +64,9 @@ def app(example_config: Path) -> Iterator[App]:
     a.close()
 
 
-def _dispatcher(app: App, script: list[Any], *, now: Any = None, limits: Any = None, **policy: Any) -> tuple[Dispatcher, Scripted]:
+def _dispatcher(
+    app: App, script: list[Any], *, now: Any = None, limits: Any = None, **policy: Any
+) -> tuple[Dispatcher, Scripted]:
     channel = Scripted("outbox", script)
     pol = DispatchPolicy(backoff=Backoff(base=0.0, jitter=0.0), **policy)
     slept: list[float] = []
@@ -65,7 +74,14 @@ def _dispatcher(app: App, script: list[Any], *, now: Any = None, limits: Any = N
     async def sleep(s: float) -> None:
         slept.append(s)
 
-    d = Dispatcher(app.sessions, {"outbox": channel}, pol, limits=limits, sleep=sleep, **({"now": now} if now else {}))
+    d = Dispatcher(
+        app.sessions,
+        {"outbox": channel},
+        pol,
+        limits=limits,
+        sleep=sleep,
+        **({"now": now} if now else {}),
+    )
     d.slept = slept  # type: ignore[attr-defined]
     return d, channel
 
@@ -100,7 +116,9 @@ async def test_success_chains_payload_before_and_outcome_after(app: App) -> None
 
 
 async def test_transient_errors_retry_in_place_and_each_try_is_chained(app: App) -> None:
-    d, channel = _dispatcher(app, [Transient("451 busy", code="451", retry_after=7.0), "ok", "ok"], max_tries=3)
+    d, channel = _dispatcher(
+        app, [Transient("451 busy", code="451", retry_after=7.0), "ok", "ok"], max_tries=3
+    )
     report = await d.run_once()
     assert report.sent == 2
     assert len(channel.sent) == 3
@@ -140,7 +158,12 @@ async def test_permanent_config_error_leaves_contact_alone(app: App) -> None:
 
 async def test_unknown_resends_same_bytes_with_same_key(app: App) -> None:
     clock = [datetime.now(UTC)]
-    d, channel = _dispatcher(app, [Unknown("disconnected after DATA"), "ok", "ok"], now=lambda: clock[0], reschedule_after=60)
+    d, channel = _dispatcher(
+        app,
+        [Unknown("disconnected after DATA"), "ok", "ok"],
+        now=lambda: clock[0],
+        reschedule_after=60,
+    )
     first = await d.run_once()
     assert first.unknown == 1 and first.sent == 1
     clock[0] += timedelta(seconds=61)
@@ -166,7 +189,9 @@ async def test_crash_mid_send_is_recovered_as_unknown_and_resent(app: App) -> No
     unknown = _events(app, "unknown")
     assert len(unknown) == 2 and "interrupted" in unknown[0]["data"]["reason"]
     assert {a.state for a in _attempts(app)} == {"sent"}
-    assert {p.outgoing.idempotency_key for p in channel2.sent} == {j.prepared.outgoing.idempotency_key for j in jobs}
+    assert {p.outgoing.idempotency_key for p in channel2.sent} == {
+        j.prepared.outgoing.idempotency_key for j in jobs
+    }
 
 
 async def test_stop_releases_what_was_not_sent(app: App) -> None:

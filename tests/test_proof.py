@@ -11,7 +11,14 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from outreach.migrate import ensure_schema
-from outreach.proof import GENESIS, canonical_json, event_body, event_hash, record_event, verify_chain
+from outreach.proof import (
+    GENESIS,
+    canonical_json,
+    event_body,
+    event_hash,
+    record_event,
+    verify_chain,
+)
 from outreach.store import Event, make_engine, session_factory
 
 
@@ -45,7 +52,10 @@ def test_canonical_json_is_deterministic_and_keeps_chinese() -> None:
 
 def test_hash_rule_matches_the_spec() -> None:
     body = event_body("case:X", 1, "2026-11-23T03:00:00.000000Z", "case_opened", {"a": 1})
-    assert body == b'{"at":"2026-11-23T03:00:00.000000Z","chain":"case:X","data":{"a":1},"kind":"case_opened","seq":1,"v":1}'
+    assert (
+        body
+        == b'{"at":"2026-11-23T03:00:00.000000Z","chain":"case:X","data":{"a":1},"kind":"case_opened","seq":1,"v":1}'
+    )
     assert event_hash(GENESIS, body) == hashlib.sha256(bytes(32) + body).hexdigest()
 
 
@@ -71,7 +81,9 @@ def test_intact_chain_verifies(sessions: sessionmaker[Session]) -> None:
     ],
     ids=["edited-body", "edited-column", "deleted", "reordered"],
 )
-def test_tampering_is_detected_and_named(sessions: sessionmaker[Session], sql: str, seq: int, words: str) -> None:
+def test_tampering_is_detected_and_named(
+    sessions: sessionmaker[Session], sql: str, seq: int, words: str
+) -> None:
     _fill(sessions)
     _unguarded(sessions, sql)
     with sessions() as s:
@@ -89,7 +101,17 @@ def test_inserted_event_is_detected(sessions: sessionmaker[Session]) -> None:
     _unguarded(sessions, "UPDATE events SET seq = seq + 100 WHERE seq >= 3")
     body = event_body(ev2.chain, 3, ev2.at, "forged", {"i": "x"})
     with sessions.begin() as s:
-        s.add(Event(chain=ev2.chain, seq=3, at=ev2.at, kind="forged", body=body.decode(), prev_hash=ev2.hash, hash=event_hash(ev2.hash, body)))
+        s.add(
+            Event(
+                chain=ev2.chain,
+                seq=3,
+                at=ev2.at,
+                kind="forged",
+                body=body.decode(),
+                prev_hash=ev2.hash,
+                hash=event_hash(ev2.hash, body),
+            )
+        )
     with sessions() as s:
         report = verify_chain(s, ev2.chain)
     assert report.problem is not None and report.problem.seq == 103

@@ -55,19 +55,40 @@ def upgrade() -> None:
     op.create_table(
         "terminals",
         sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("merchant_id", sa.Integer, sa.ForeignKey("merchants.id", name="fk_terminals_merchant_id_merchants"), nullable=False),
+        sa.Column(
+            "merchant_id",
+            sa.Integer,
+            sa.ForeignKey("merchants.id", name="fk_terminals_merchant_id_merchants"),
+            nullable=False,
+        ),
         sa.Column("terminal_no", sa.String(32), nullable=False),
         sa.Column("sn", sa.String(64)),
         sa.Column("model", sa.String(100)),
-        sa.Column("acquirer_id", sa.Integer, sa.ForeignKey("parties.id", name="fk_terminals_acquirer_id_parties"), nullable=False),
-        sa.Column("agent_id", sa.Integer, sa.ForeignKey("parties.id", name="fk_terminals_agent_id_parties")),
+        sa.Column(
+            "acquirer_id",
+            sa.Integer,
+            sa.ForeignKey("parties.id", name="fk_terminals_acquirer_id_parties"),
+            nullable=False,
+        ),
+        sa.Column(
+            "agent_id",
+            sa.Integer,
+            sa.ForeignKey("parties.id", name="fk_terminals_agent_id_parties"),
+        ),
         sa.Column("active", sa.Boolean, nullable=False),
-        sa.UniqueConstraint("merchant_id", "terminal_no", name="uq_terminals_merchant_id_terminal_no"),
+        sa.UniqueConstraint(
+            "merchant_id", "terminal_no", name="uq_terminals_merchant_id_terminal_no"
+        ),
     )
     op.create_table(
         "contact_points",
         sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("party_id", sa.Integer, sa.ForeignKey("parties.id", name="fk_contact_points_party_id_parties"), nullable=False),
+        sa.Column(
+            "party_id",
+            sa.Integer,
+            sa.ForeignKey("parties.id", name="fk_contact_points_party_id_parties"),
+            nullable=False,
+        ),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("value", sa.String(400), nullable=False),
         sa.Column("label", sa.String(200), nullable=False),
@@ -77,12 +98,21 @@ def upgrade() -> None:
         sa.Column("listed", sa.Boolean, nullable=False),
         sa.Column("first_seen", UTCDateTime, nullable=False),
         sa.Column("last_seen", UTCDateTime, nullable=False),
-        sa.UniqueConstraint("party_id", "kind", "value", name="uq_contact_points_party_id_kind_value"),
+        sa.UniqueConstraint(
+            "party_id", "kind", "value", name="uq_contact_points_party_id_kind_value"
+        ),
     )
     op.create_table(
         "provenance",
         sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("contact_point_id", sa.Integer, sa.ForeignKey("contact_points.id", name="fk_provenance_contact_point_id_contact_points"), nullable=False),
+        sa.Column(
+            "contact_point_id",
+            sa.Integer,
+            sa.ForeignKey(
+                "contact_points.id", name="fk_provenance_contact_point_id_contact_points"
+            ),
+            nullable=False,
+        ),
         sa.Column("source", sa.String(100), nullable=False),
         sa.Column("url", sa.String(800), nullable=False),
         sa.Column("label", sa.String(200), nullable=False),
@@ -92,14 +122,21 @@ def upgrade() -> None:
         sa.Column("first_seen", UTCDateTime, nullable=False),
         sa.Column("last_seen", UTCDateTime, nullable=False),
         sa.Column("listed", sa.Boolean, nullable=False),
-        sa.UniqueConstraint("contact_point_id", "source", "url", name="uq_provenance_contact_point_id_source_url"),
+        sa.UniqueConstraint(
+            "contact_point_id", "source", "url", name="uq_provenance_contact_point_id_source_url"
+        ),
     )
     op.create_table(
         "cases",
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("key", sa.String(64), nullable=False),
         sa.Column("reference", sa.String(32), nullable=False),
-        sa.Column("merchant_id", sa.Integer, sa.ForeignKey("merchants.id", name="fk_cases_merchant_id_merchants"), nullable=False),
+        sa.Column(
+            "merchant_id",
+            sa.Integer,
+            sa.ForeignKey("merchants.id", name="fk_cases_merchant_id_merchants"),
+            nullable=False,
+        ),
         sa.Column("goal", sa.String(32), nullable=False),
         sa.Column("plan", sa.String(64), nullable=False),
         sa.Column("language", sa.String(8), nullable=False),
@@ -117,15 +154,35 @@ def upgrade() -> None:
     )
     op.create_table(
         "case_terminals",
-        sa.Column("case_id", sa.Integer, sa.ForeignKey("cases.id", name="fk_case_terminals_case_id_cases"), primary_key=True),
-        sa.Column("terminal_id", sa.Integer, sa.ForeignKey("terminals.id", name="fk_case_terminals_terminal_id_terminals"), primary_key=True),
+        sa.Column(
+            "case_id",
+            sa.Integer,
+            sa.ForeignKey("cases.id", name="fk_case_terminals_case_id_cases"),
+            primary_key=True,
+        ),
+        sa.Column(
+            "terminal_id",
+            sa.Integer,
+            sa.ForeignKey("terminals.id", name="fk_case_terminals_terminal_id_terminals"),
+            primary_key=True,
+        ),
     )
     op.create_table(
         "notices",
         sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("case_id", sa.Integer, sa.ForeignKey("cases.id", name="fk_notices_case_id_cases"), nullable=False),
+        sa.Column(
+            "case_id",
+            sa.Integer,
+            sa.ForeignKey("cases.id", name="fk_notices_case_id_cases"),
+            nullable=False,
+        ),
         sa.Column("step", sa.Integer, nullable=False),
-        sa.Column("party_id", sa.Integer, sa.ForeignKey("parties.id", name="fk_notices_party_id_parties"), nullable=False),
+        sa.Column(
+            "party_id",
+            sa.Integer,
+            sa.ForeignKey("parties.id", name="fk_notices_party_id_parties"),
+            nullable=False,
+        ),
         sa.Column("template", sa.String(64), nullable=False),
         sa.Column("language", sa.String(8), nullable=False),
         sa.Column("subject", sa.String(400), nullable=False),
@@ -140,8 +197,18 @@ def upgrade() -> None:
     op.create_table(
         "attempts",
         sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("notice_id", sa.Integer, sa.ForeignKey("notices.id", name="fk_attempts_notice_id_notices"), nullable=False),
-        sa.Column("contact_point_id", sa.Integer, sa.ForeignKey("contact_points.id", name="fk_attempts_contact_point_id_contact_points"), nullable=False),
+        sa.Column(
+            "notice_id",
+            sa.Integer,
+            sa.ForeignKey("notices.id", name="fk_attempts_notice_id_notices"),
+            nullable=False,
+        ),
+        sa.Column(
+            "contact_point_id",
+            sa.Integer,
+            sa.ForeignKey("contact_points.id", name="fk_attempts_contact_point_id_contact_points"),
+            nullable=False,
+        ),
         sa.Column("channel", sa.String(64), nullable=False),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("recipient", sa.String(400), nullable=False),
@@ -158,7 +225,9 @@ def upgrade() -> None:
         sa.Column("last_error", sa.Text),
         sa.Column("created_at", UTCDateTime, nullable=False),
         sa.Column("updated_at", UTCDateTime, nullable=False),
-        sa.UniqueConstraint("notice_id", "contact_point_id", name="uq_attempts_notice_id_contact_point_id"),
+        sa.UniqueConstraint(
+            "notice_id", "contact_point_id", name="uq_attempts_notice_id_contact_point_id"
+        ),
         sa.UniqueConstraint("idempotency_key", name="uq_attempts_idempotency_key"),
     )
     op.create_index("ix_attempts_due", "attempts", ["state", "next_try_at"])
@@ -177,7 +246,11 @@ def upgrade() -> None:
         sa.Column("at", sa.String(32), nullable=False),
         sa.Column("kind", sa.String(40), nullable=False),
         sa.Column("case_id", sa.Integer, sa.ForeignKey("cases.id", name="fk_events_case_id_cases")),
-        sa.Column("attempt_id", sa.Integer, sa.ForeignKey("attempts.id", name="fk_events_attempt_id_attempts")),
+        sa.Column(
+            "attempt_id",
+            sa.Integer,
+            sa.ForeignKey("attempts.id", name="fk_events_attempt_id_attempts"),
+        ),
         sa.Column("body", sa.Text, nullable=False),
         sa.Column("prev_hash", sa.String(64), nullable=False),
         sa.Column("hash", sa.String(64), nullable=False),
@@ -211,7 +284,12 @@ def upgrade() -> None:
         sa.Column("channel", sa.String(64), nullable=False),
         sa.Column("recipient", sa.String(400), nullable=False),
         sa.Column("at", UTCDateTime, nullable=False),
-        sa.Column("attempt_id", sa.Integer, sa.ForeignKey("attempts.id", name="fk_sends_attempt_id_attempts"), nullable=False),
+        sa.Column(
+            "attempt_id",
+            sa.Integer,
+            sa.ForeignKey("attempts.id", name="fk_sends_attempt_id_attempts"),
+            nullable=False,
+        ),
     )
     op.create_index("ix_sends_channel_recipient_at", "sends", ["channel", "recipient", "at"])
     _append_only("events")
@@ -251,7 +329,19 @@ def downgrade() -> None:
         op.execute("DROP TRIGGER IF EXISTS events_no_change ON events")
         op.execute("DROP FUNCTION IF EXISTS events_append_only()")
     for table in (
-        "sends", "anchors", "blobs", "events", "chains", "attempts", "notices", "case_terminals",
-        "cases", "provenance", "contact_points", "terminals", "parties", "merchants",
+        "sends",
+        "anchors",
+        "blobs",
+        "events",
+        "chains",
+        "attempts",
+        "notices",
+        "case_terminals",
+        "cases",
+        "provenance",
+        "contact_points",
+        "terminals",
+        "parties",
+        "merchants",
     ):
         op.drop_table(table)
