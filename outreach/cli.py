@@ -206,6 +206,65 @@ def _fetcher(offline: bool) -> tuple[Any, Any]:
     return fetcher, (lambda: list(fetcher.documents))
 
 
+@main.group("contacts", invoke_without_command=True)
+@click.argument("party", required=False)
+@json_option
+@click.pass_context
+def contacts_cmd(ctx: click.Context, party: str | None, as_json: bool) -> None:
+    """List contact channels with their sources, dates, confidence and status."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from outreach.store import ContactPoint, Party
+
+    app = ctx.obj.app()
+    rows = []
+    with app.sessions() as s:
+        stmt = (
+            select(ContactPoint, Party)
+            .join(Party)
+            .order_by(Party.key, ContactPoint.kind, ContactPoint.id)
+        )
+        if party:
+            stmt = stmt.where(Party.key == party)
+        for cp, p in s.execute(stmt):
+            for prov in sorted(cp.provenance, key=lambda pr: pr.first_seen):
+                rows.append(
+                    {
+                        "party": p.key,
+                        "kind": cp.kind,
+                        "value": cp.value,
+                        "label": prov.label or cp.label,
+                        "status": cp.status + ("" if cp.listed else " (unlisted)"),
+                        "confidence": f"{cp.confidence:.2f}",
+                        "source": prov.source,
+                        "url": prov.url,
+                        "as_of": prov.as_of or "",
+                        "first_seen": prov.first_seen.date().isoformat(),
+                        "last_seen": prov.last_seen.date().isoformat(),
+                    }
+                )
+    if party and not rows and party not in app.config.parties:
+        click.echo(f"no party {party!r} in the config", err=True)
+        sys.exit(2)
+    emit(
+        rows,
+        as_json=as_json,
+        columns=None
+        if as_json
+        else [
+            "party",
+            "kind",
+            "value",
+            "label",
+            "status",
+            "confidence",
+            "source",
+            "as_of",
+            "last_seen",
+        ],
+    )
+
+
 # ---------------------------------------------------------------------------- plan / run
 
 
