@@ -93,6 +93,7 @@ from channels.base import (
     Outgoing,
     Permanent,
     Prepared,
+    RateLimit,
     Receipt,
     Transient,
     Unknown,
@@ -430,6 +431,15 @@ class AliyunSmsChannel:
     adapter: ClassVar[str] = "aliyun_sms"
     kinds: ClassVar[frozenset[str]] = frozenset({"sms"})
     Settings: ClassVar[type[BaseModel]] = AliyunSmsSettings
+    #: Alibaba's default per-number flow control for one signature (1/min, 5/hour, 10/day;
+    #: the verification-code defaults, the strictest it documents, and the carriers' 10
+    #: non-marketing SMS a day). Staying under them spares a guaranteed
+    #: ``isv.BUSINESS_LIMIT_CONTROL``; a console with other limits overrides via ``limits``.
+    default_limits: ClassVar[tuple[RateLimit, ...]] = (
+        RateLimit(1, 60),
+        RateLimit(5, 3600),
+        RateLimit(10, 86400),
+    )
 
     def __init__(
         self,

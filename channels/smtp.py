@@ -227,7 +227,11 @@ class SmtpSettings(BaseModel):
     reply_to: str | None = None
     request_dsn: bool = True  # only sent when the relay advertises DSN
     request_mdn: bool = False  # Disposition-Notification-To: positive evidence when it comes
-    timeout: float = Field(default=30.0, gt=0)
+    timeout: float = Field(default=30.0, gt=0)  # connect and every command but the last
+    # The reply after the final ".": RFC 5321 4.5.3.2.6 asks clients to wait 10 minutes, since
+    # relays scan content before answering. Giving up earlier turns a slow success into Unknown,
+    # i.e. a duplicate notice, so keep this long.
+    data_end_timeout: float = Field(default=600.0, gt=0)
     local_hostname: str = "localhost"  # avoids a getfqdn() DNS lookup per connection
     max_connections: int = Field(default=4, ge=1, le=64)
     idle_timeout: float = Field(default=60.0, ge=0)  # older idle connections are not reused
@@ -288,7 +292,7 @@ class SmtpChannel:
         s = self.settings
         self.port = s.port or _DEFAULT_PORTS[s.security]
         self._password: SecretStr | None = None
-        self._secrets: tuple[str, ...] = ()
+        self._secrets: tuple[SecretStr, ...] = ()  # SecretStr so no repr() shows them
         if s.username:
             password = resolve_secret(settings, "password", env)
             self._password = SecretStr(password)
@@ -470,7 +474,7 @@ class SmtpChannel:
         # From here on the relay may hold the whole message: any failure is Unknown.
         transcript["data_end_written_at"] = _now()
         try:
-            reply = await protocol.read_response(timeout=self.settings.timeout)
+            reply = await protocol.read_response(timeout=self.settings.data_end_timeout)
         except aiosmtplib.SMTPException as exc:
             smtp.close()
             transcript["data_end"] = {"code": None, "error": self._redact(str(exc)), "at": _now()}
@@ -691,7 +695,7 @@ class SmtpChannel:
 
     def _redact(self, text: str) -> str:
         for secret in self._secrets:
-            text = text.replace(secret, "[redacted]")
+            text = text.replace(secret.get_secret_value(), "[redacted]")
         return text
 
     def _check_sendable(self, prepared: Prepared, transcript: dict[str, Any]) -> None:
@@ -715,7 +719,7 @@ class SmtpChannel:
             )
 
 
-def _secret_forms(username: str, password: str) -> tuple[str, ...]:
+def _secret_forms(username: str, password: str) -> tuple[SecretStr, ...]:
     """The password as it could come back in a reply: plain, and as AUTH LOGIN / PLAIN sent it."""
     user, pw = username.encode(), password.encode()
     forms = {
@@ -723,7 +727,8 @@ def _secret_forms(username: str, password: str) -> tuple[str, ...]:
         base64.b64encode(pw).decode(),
         base64.b64encode(b"\0" + user + b"\0" + pw).decode(),
     }
-    return tuple(sorted(forms, key=len, reverse=True))  # longest first: no partial replacements
+    longest_first = sorted(forms, key=len, reverse=True)  # no partial replacements
+    return tuple(SecretStr(form) for form in longest_first)
 
 
 def _tls_context(s: SmtpSettings) -> ssl.SSLContext:

@@ -86,6 +86,7 @@ from channels.base import (
     Outgoing,
     Permanent,
     Prepared,
+    RateLimit,
     Receipt,
     Transient,
     Unknown,
@@ -420,6 +421,14 @@ class TencentSmsChannel:
     adapter: ClassVar[str] = "tencent_sms"
     kinds: ClassVar[frozenset[str]] = frozenset({"sms"})
     Settings: ClassVar[type[BaseModel]] = TencentSmsSettings
+    #: Tencent's documented default frequency policy (cloud.tencent.com/document/faq/382/13303):
+    #: one message per number per 30 s, two per number per natural day. Staying under it
+    #: spares a guaranteed ``LimitExceeded.*``; a console with other limits overrides via
+    #: ``limits`` in the channel table.
+    default_limits: ClassVar[tuple[RateLimit, ...]] = (
+        RateLimit(1, 30),
+        RateLimit(2, 86400),
+    )
 
     def __init__(
         self,

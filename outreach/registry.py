@@ -9,16 +9,28 @@ installed.
 from __future__ import annotations
 
 import importlib
+import logging
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
 
+log = logging.getLogger("outreach.registry")
+
 # Fallback for an uninstalled checkout; keep in step with pyproject.toml.
 _BUILTIN_CHANNELS = {
     "outbox": "channels.outbox:OutboxChannel",
+    "smtp": "channels.smtp:SmtpChannel",
+    "aliyun_sms": "channels.aliyun_sms:AliyunSmsChannel",
+    "tencent_sms": "channels.tencent_sms:TencentSmsChannel",
+    "twilio_sms": "channels.twilio_sms:TwilioSmsChannel",
+    "http_sms": "channels.http_sms:HttpSmsChannel",
+    "webhook": "channels.webhook:WebhookChannel",
 }
 _BUILTIN_SOURCES = {
     "config": "sources.config:ConfigSource",
+    "directory": "sources.directory:DirectorySource",
+    "pboc_licences": "sources.pboc_licences:PbocLicencesSource",
+    "official_site": "sources.official_site:OfficialSiteSource",
 }
 
 
@@ -36,7 +48,11 @@ def _group(group: str, builtin: dict[str, str]) -> dict[str, Any]:
             continue
     for ep in entry_points(group=group):
         if ep.name not in found:
-            found[ep.name] = ep.load()
+            try:
+                found[ep.name] = ep.load()
+            except (ImportError, AttributeError) as exc:
+                # A broken third-party adapter must not take the whole tool down.
+                log.warning("cannot load %s adapter %r: %s", group, ep.name, exc)
     return found
 
 

@@ -54,6 +54,7 @@ class Faults:
     data_end: str | None = None  # reply after the final "." instead of 250, e.g. "554 ..."
     data_end_delay: float = 0.0  # seconds before replying after the final "."
     drop_after_data: bool = False  # take the whole message, then hang up without a reply
+    hang_up_at: str | None = None  # "MAIL", "RCPT" or "DATA": hang up on that command, no reply
     dsn: bool = False  # advertise DSN and accept RET/ENVID/NOTIFY/ORCPT
     echo_credentials: bool = False  # a leaky relay: quote the AUTH blob in its 535 reply
 
@@ -101,6 +102,8 @@ class _Handler:
     async def handle_MAIL(
         self, smtp: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        if self.server.faults.hang_up_at == "MAIL":
+            await _hang_up(smtp)
         if self.server.faults.mail:
             return self.server.faults.mail
         envelope.mail_from = address
@@ -111,6 +114,8 @@ class _Handler:
         self, smtp: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         faults = self.server.faults
+        if faults.hang_up_at == "RCPT":
+            await _hang_up(smtp)
         if faults.rcpt_delay:
             await asyncio.sleep(faults.rcpt_delay)
         if faults.rcpt:
@@ -139,9 +144,7 @@ class _Handler:
             )
         )
         if faults.drop_after_data:
-            assert smtp.transport is not None
-            smtp.transport.close()  # connection_lost() cancels this task: no reply ever goes out
-            await asyncio.sleep(3600)
+            await _hang_up(smtp)
         if faults.data_end_delay:
             await asyncio.sleep(faults.data_end_delay)  # cancelled when the client gives up
         assert answer is not None
@@ -161,6 +164,14 @@ class _Handler:
                 leak = f"535 5.7.8 Authentication failed for {blob} (password {password})"
                 return AuthResult(success=False, handled=False, message=leak)
         return AuthResult(success=False, handled=False)
+
+
+async def _hang_up(smtp: SMTP) -> None:
+    """Close without a reply. connection_lost() cancels the task running this hook, so the
+    sleep never ends and aiosmtpd never writes the reply it would have sent."""
+    assert smtp.transport is not None
+    smtp.transport.close()
+    await asyncio.sleep(3600)
 
 
 class _FaultySMTP(SMTP):
@@ -190,6 +201,11 @@ class _FaultySMTP(SMTP):
             self.transport.close()
             return
         await super()._handle_client()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if self.owner.faults.hang_up_at == "DATA":  # before 354: not one byte of the message
+            await _hang_up(self)
+        await super().smtp_DATA(arg)
 
     def _getparams(self, params: Any) -> dict[str, str | bool] | None:
         result: dict[str, str | bool] | None = super()._getparams(params)
@@ -323,7 +339,10 @@ class LoopbackSmtpServer:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 

@@ -597,3 +597,8 @@ def test_classification_table(
     if code == "isv.MONTH_LIMIT_CONTROL":
         assert verdict.retry_after == seconds_until_next_month(NOW)
     assert verdict.bad_recipient is False
+
+
+def test_default_limits_stay_under_alibabas_per_number_flow_control() -> None:
+    limits = {(lim.count, lim.per_seconds, lim.scope) for lim in AliyunSmsChannel.default_limits}
+    assert limits == {(1, 60, "recipient"), (5, 3600, "recipient"), (10, 86400, "recipient")}

@@ -56,7 +56,9 @@ async def channel_for() -> AsyncIterator[Factory]:
     """Channels pointed at a loopback server; every one is aclose()d after the test."""
     made: list[SmtpChannel] = []
 
-    def make(server: LoopbackSmtpServer | None, env: dict[str, str] | None = None, **kw: Any):
+    def make(
+        server: LoopbackSmtpServer | None, env: dict[str, str] | None = None, **kw: Any
+    ) -> SmtpChannel:
         settings: dict[str, Any] = {
             "host": "127.0.0.1",
             "port": server.port if server else 1,
@@ -123,7 +125,10 @@ async def test_success_stores_exact_bytes_and_reuses_one_connection(
     assert t1["connection"]["greeting"]["code"] == 220
     assert "size" in t1["connection"]["extensions"]
     assert t1["mail_from"]["code"] == 250
-    assert t1["mail_from"]["command"] == f"MAIL FROM:<notices@merchant.example> SIZE={len(first.payload)}"
+    assert (
+        t1["mail_from"]["command"]
+        == f"MAIL FROM:<notices@merchant.example> SIZE={len(first.payload)}"
+    )
     assert t1["rcpt_to"] == {**t1["rcpt_to"], "code": 250, "command": "RCPT TO:<agent@example.net>"}
     assert t1["data"]["code"] == 354
     assert t1["data_end"]["code"] == 250 and t1["queue_id"] == got[0].queue_id
@@ -181,7 +186,8 @@ async def test_dsn_options_only_when_advertised_and_requested(
         size = len(prepared.payload)
         assert (
             f"MAIL FROM:<notices@merchant.example> SIZE={size} RET=HDRS "
-            "ENVID=a7f3c2e1d9b04c55\r\n".encode() in raw
+            "ENVID=a7f3c2e1d9b04c55\r\n".encode()
+            in raw
         )
         # "+" and "=" are xtext-encoded in ORCPT so the DSN names the address exactly
         assert (
@@ -315,6 +321,21 @@ async def test_slow_rcpt_beyond_timeout_is_transient(
     assert smtp_server.messages == []
 
 
+@pytest.mark.parametrize("command", ["MAIL", "RCPT", "DATA"])
+async def test_hang_up_before_the_message_is_transient(
+    smtp_server: LoopbackSmtpServer, channel_for: Factory, command: str
+) -> None:
+    """The other side of the Unknown boundary: a drop before the final "." left nothing behind."""
+    smtp_server.faults.hang_up_at = command
+    channel = channel_for(smtp_server)
+    with pytest.raises(Transient) as err:
+        await channel.send(channel.prepare(outgoing()))
+    assert err.value.code is None
+    assert err.value.transcript["error"]["stage"] == command.lower()
+    assert smtp_server.messages == []
+    assert b"\r\n.\r\n" not in bytes(smtp_server.connections[0].received)
+
+
 # -- after the end of DATA: Unknown -----------------------------------------------------------
 
 
@@ -342,7 +363,7 @@ async def test_slow_reply_after_data_beyond_timeout_is_unknown(
     smtp_server: LoopbackSmtpServer, channel_for: Factory
 ) -> None:
     smtp_server.faults.data_end_delay = 2.0
-    channel = channel_for(smtp_server, timeout=0.3)
+    channel = channel_for(smtp_server, data_end_timeout=0.3)
     prepared = channel.prepare(outgoing())
     with pytest.raises(Unknown) as err:
         await channel.send(prepared)
@@ -363,9 +384,10 @@ async def test_connection_dropped_while_idle_is_replaced_transparently(
     assert receipt.accepted
     assert len(smtp_server.connections) == 2 and len(smtp_server.messages) == 2
     assert receipt.transcript["connection"]["reused"] is False
-    stale = receipt.transcript.get("stale_connection")
-    if stale is not None:  # the client only learnt of the drop when MAIL got no reply
-        assert stale["error"]["stage"] == "mail" and stale["connection"]["number"] == 1
+    # The client only learnt of the drop when MAIL got no reply; the transcript keeps that try.
+    stale = receipt.transcript["stale_connection"]
+    assert stale["error"]["stage"] == "mail" and stale["connection"]["number"] == 1
+    assert receipt.transcript["connection"]["number"] == 2
 
 
 async def test_idle_timeout_zero_opens_a_fresh_connection(
@@ -386,7 +408,9 @@ async def test_pool_caps_concurrent_connections(
     receipts = await asyncio.gather(*(channel.send(p) for p in prepared))
     assert all(r.accepted for r in receipts)
     assert len(smtp_server.connections) == 2
-    assert sorted(m.sha256 for m in smtp_server.messages) == sorted(sha(p.payload) for p in prepared)
+    assert sorted(m.sha256 for m in smtp_server.messages) == sorted(
+        sha(p.payload) for p in prepared
+    )
 
 
 async def test_aclose_quits_pooled_connections(
@@ -465,9 +489,7 @@ async def test_auth_over_starttls_with_password_from_env(
     tls_files: TlsFiles,
     channel_for: Factory,
 ) -> None:
-    server = smtp_server_factory(
-        starttls=tls_files.server_context(), users={"merchant": PASSWORD}
-    )
+    server = smtp_server_factory(starttls=tls_files.server_context(), users={"merchant": PASSWORD})
     channel = channel_for(
         server,
         security="starttls",
@@ -515,7 +537,9 @@ def test_settings_errors_name_the_setting_and_never_the_secret() -> None:
         SmtpChannel("m", {**base, "username": "u", "password_env": "RELAY_PASSWORD"}, {})
     with pytest.raises(ValueError, match="security"):  # AUTH in clear over the network
         SmtpChannel(
-            "m", {**base, "security": "none", "username": "u", "password_env": "RELAY_PASSWORD"}, ENV
+            "m",
+            {**base, "security": "none", "username": "u", "password_env": "RELAY_PASSWORD"},
+            ENV,
         )
     with pytest.raises(ValueError, match="ca_file"):
         SmtpChannel("m", {**base, "ca_file": "/nonexistent/ca.pem"}, {})
@@ -579,9 +603,7 @@ async def test_payload_that_is_not_crlf_is_refused_before_connecting(
         (Stage.DATA_END, 554, "5.6.0 Content rejected", "permanent", False),
     ],
 )
-def test_classify(
-    stage: Stage, code: int | None, text: str, outcome: str, bad: bool
-) -> None:
+def test_classify(stage: Stage, code: int | None, text: str, outcome: str, bad: bool) -> None:
     verdict = classify(stage, code, text)
     assert (verdict.outcome, verdict.bad_recipient) == (outcome, bad)
     assert verdict.reason

@@ -457,3 +457,8 @@ def test_marketing_window_reopens_at_eight_beijing() -> None:
     assert seconds_until_next_0800(datetime(2026, 3, 2, 15, 0, tzinfo=UTC)) == 9 * 3600.0
     # 07:00 Beijing (23:00 UTC the day before) -> 08:00 the same Beijing day.
     assert seconds_until_next_0800(datetime(2026, 3, 1, 23, 0, tzinfo=UTC)) == 3600.0
+
+
+def test_default_limits_stay_under_tencents_default_frequency_policy() -> None:
+    limits = {(lim.count, lim.per_seconds, lim.scope) for lim in TencentSmsChannel.default_limits}
+    assert limits == {(1, 30, "recipient"), (2, 86400, "recipient")}

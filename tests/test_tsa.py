@@ -8,6 +8,7 @@ dead TSA costs a fallback, never the caller.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import shlex
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rfc3161_client import HashAlgorithm, TimestampRequestBuilder, decode_timestamp_response
 from tsa_server import LocalTsa, local_tsa, make_pki, tsa_server_fixture  # noqa: F401
 
@@ -208,6 +211,25 @@ async def test_chain_token_without_openssl_says_signature_not_checked(
     assert "not found" in info.note
 
 
+async def test_token_without_embedded_certificate_needs_the_tsa_pem(
+    server: LocalTsa, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    reply = await client.post(
+        server.url,
+        content=tsa.build_request(DIGEST, cert_req=False).der,
+        headers={"Content-Type": tsa.QUERY_CONTENT_TYPE},
+    )
+    token = reply.content
+    with pytest.raises(tsa.TokenVerificationError, match="openssl ts -verify failed"):
+        tsa.verify_token(token, DIGEST, server.ca_pem)
+    info = tsa.verify_token(token, DIGEST, server.ca_pem, untrusted_pem=server.tsa_pem)
+    assert (info.verifier, info.certificates) == ("openssl", ())
+    assert "embeds no certificate" in info.note
+    check = tsa.export_for_openssl(token, DIGEST, tmp_path, server.ca_pem, tsa_pem=server.tsa_pem)
+    done = run_printed(check)
+    assert done.returncode == 0, done.stderr
+
+
 async def test_tolerant_reader_agrees_with_rfc3161_client(
     server: LocalTsa, client: httpx.AsyncClient
 ) -> None:
@@ -217,6 +239,46 @@ async def test_tolerant_reader_agrees_with_rfc3161_client(
     assert strict.parsed is not None and tolerant.parsed is None
     assert tolerant.tst == strict.tst
     assert (tolerant.status, tolerant.certificates) == (strict.status, strict.certificates)
+
+
+@pytest.fixture(scope="module")
+def tokens(server: LocalTsa) -> dict[str, bytes]:
+    """One token per embedding style, fetched once for the property tests."""
+    out = {}
+    for path in ("/tsr", "/chain"):
+        reply = httpx.post(
+            server.url_for(path),
+            content=tsa.build_request(DIGEST).der,
+            headers={"Content-Type": tsa.QUERY_CONTENT_TYPE},
+            trust_env=False,
+        )
+        out[path] = reply.content
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(path=st.sampled_from(["/tsr", "/chain"]), where=st.floats(0, 1), value=st.integers(0, 255))
+def test_edited_byte_never_crashes_and_never_changes_what_a_checked_token_says(
+    server: LocalTsa, tokens: dict[str, bytes], path: str, where: float, value: int
+) -> None:
+    original = tokens[path]
+    edited = bytearray(original)
+    edited[min(int(where * len(edited)), len(edited) - 1)] = value
+    with contextlib.suppress(tsa.TokenVerificationError):  # nothing else may escape
+        tsa.verify_token(bytes(edited), DIGEST, None)
+    try:
+        info = tsa.verify_token(bytes(edited), DIGEST, server.ca_pem)
+    except tsa.TokenVerificationError:
+        return
+    # Accepted with a signature check: the edit was outside the signed TSTInfo.
+    assert info.signature_checked
+    good = tsa.verify_token(original, DIGEST, server.ca_pem)
+    assert (info.gen_time, info.serial, info.nonce, info.policy) == (
+        good.gen_time,
+        good.serial,
+        good.nonce,
+        good.policy,
+    )
 
 
 # --- fallback and failure ------------------------------------------------------------------
