@@ -480,7 +480,17 @@ def audit_verify(c: Ctx, case_ref: str | None, as_json: bool) -> None:
     with app.sessions() as s:
         chains = [_case_chain(app, case_ref)[1]] if case_ref else all_chains(s)
         reports = [verify_chain(s, name) for name in chains]
-    problems = [r.problem for r in reports if r.problem is not None]
+        if case_ref is None:
+            from outreach.anchor import verify_anchors
+
+            ca = app.config.proof.tsa_ca_file
+            roots = app.config.resolve_path(ca).read_bytes() if ca else None
+            anchors = verify_anchors(s, roots)
+        else:
+            anchors = None
+    problems: list[Any] = [r.problem for r in reports if r.problem is not None]
+    if anchors is not None:
+        problems += anchors.problems
     total = sum(r.events for r in reports)
     if as_json:
         emit(
@@ -499,9 +509,55 @@ def audit_verify(c: Ctx, case_ref: str | None, as_json: bool) -> None:
         for p in problems:
             click.echo(f"BROKEN {p}")
     else:
-        click.echo(f"OK: {len(reports)} chains, {total} events, every hash recomputed")
+        anchored = (
+            f"; {anchors.anchors} timestamp anchors checked" if anchors and anchors.anchors else ""
+        )
+        click.echo(f"OK: {len(reports)} chains, {total} events, every hash recomputed{anchored}")
+    if anchors is not None and not as_json:
+        for note in anchors.notes:
+            click.echo(f"note: {note}")
+        if anchors.failed_anchors:
+            click.echo(
+                f"note: {anchors.failed_anchors} anchoring attempt(s) failed (TSA unreachable); later anchors cover those heads"
+            )
     if problems:
         sys.exit(1)
+
+
+@audit.command("anchor")
+@click.pass_obj
+def audit_anchor(c: Ctx) -> None:
+    """Time-stamp the heads of every chain that changed, now (RFC 3161, [proof] tsa_urls)."""
+    import httpx
+
+    from outreach.anchor import anchor_now
+
+    app = c.app()
+    urls = app.config.proof.tsa_urls
+    if not urls:
+        click.echo(
+            f"{app.config.source_path}: proof.tsa_urls: no time-stamping authority configured",
+            err=True,
+        )
+        sys.exit(2)
+
+    async def go() -> Any:
+        async with httpx.AsyncClient() as client:
+            return await anchor_now(app.sessions, list(urls), client)
+
+    report = asyncio.run(go())
+    if report.anchored == 0:
+        click.echo("nothing to anchor: no chain changed since the last anchor")
+    elif report.error:
+        click.echo(
+            f"anchoring {report.anchored} chain heads failed; will retry at the next anchor:\n{report.error}",
+            err=True,
+        )
+        sys.exit(1)
+    else:
+        click.echo(
+            f"anchored {report.anchored} chain heads: root {report.root} timestamped {report.gen_time} by {report.tsa_url}"
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover
