@@ -23,6 +23,7 @@ from outreach.discovery import DiscoveryReport, party_query, record_results, run
 from outreach.dispatch import Dispatcher, DispatchPolicy, DispatchReport
 from outreach.ladder import PlanReport, plan_due
 from outreach.migrate import ensure_schema
+from outreach.proof import store_blob
 from outreach.ratelimit import parse_limit
 from outreach.retry import parse_duration
 from outreach.store import ContactPoint, Party, make_engine, session_factory

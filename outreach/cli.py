@@ -265,6 +265,40 @@ def contacts_cmd(ctx: click.Context, party: str | None, as_json: bool) -> None:
     )
 
 
+@main.group("directory")
+def directory_cmd() -> None:
+    """The bundled directory of acquirers and escalation bodies."""
+
+
+@directory_cmd.command("check")
+@click.option(
+    "--max-age",
+    "max_age",
+    type=click.IntRange(1),
+    default=365,
+    show_default=True,
+    help="Days before a row counts as stale.",
+)
+@click.option(
+    "--today", type=click.DateTime(["%Y-%m-%d"]), default=None, help="Check as of this date."
+)
+def directory_check(max_age: int, today: datetime | None) -> None:
+    """Report rows whose facts were last checked more than --max-age days ago (exit 1 if any)."""
+    from sources.directory import DirectoryError, check_staleness
+
+    day = today.date() if today else clock.today()
+    try:
+        stale = check_staleness(day, max_age_days=max_age)
+    except DirectoryError as exc:
+        click.echo(f"the bundled directory is invalid: {exc}", err=True)
+        sys.exit(2)
+    for row in stale:
+        click.echo(row.describe())
+    click.echo(f"{len(stale)} stale row(s) as of {day} (older than {max_age} days)")
+    if stale:
+        sys.exit(1)
+
+
 # ---------------------------------------------------------------------------- plan / run
 
 

@@ -31,7 +31,9 @@ def normalize_phone(raw: str, region: str = "CN") -> str:
     text = raw.strip().replace("\u3000", " ")
     text = text.replace("（", "(").replace("）", ")").replace("－", "-").replace("—", "-")
     digits = _DIGITS.sub("", text)
-    if _SHORT.match(digits) and not text.startswith("+"):
+    if text.startswith("+86") and _SHORT.match(digits[2:]):
+        digits = digits[2:]  # our own output for a short number normalises to itself
+    if _SHORT.match(digits) and (not text.startswith("+") or text.startswith("+86")):
         number = phonenumbers.parse(digits, region)
         if shortnumberinfo.is_valid_short_number_for_region(number, region):
             return f"+{number.country_code}{number.national_number}"

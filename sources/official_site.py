@@ -20,10 +20,11 @@ phone finding, because a notice "delivered" by calling a fax line proves nothing
 
 from __future__ import annotations
 
+import contextlib
 import re
 from bisect import bisect_right
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 
@@ -75,7 +76,7 @@ _FAX = re.compile(r"传真|fax|facsimile", re.IGNORECASE)
 _VOICE = re.compile(r"电话|热线|手机|座机|tel(?!ex)|phone|mobile|hotline", re.IGNORECASE)
 # Any word that makes a bare 95xxx / 123xx short number believable as a phone number.
 _PHONE_WORD = re.compile(
-    r"电话|热线|客服|服务|咨询|投诉|举报|拨打|致电|联系|手机|座机|tel|phone|call|hotline",
+    r"电话|热线|客服|客户服务|咨询|投诉|举报|拨打|致电|联系|手机|座机|tel|phone|call|hotline",
     re.IGNORECASE,
 )
 _MAIL_WORD = re.compile(r"邮箱|邮件|信箱|e-?mail|mail", re.IGNORECASE)
@@ -138,26 +139,37 @@ _SWAP_HINT = re.compile(
 
 _LICENCE = re.compile(r"(?<![A-Za-z0-9])Z\d{13}(?!\d)")
 
+
+def _spaced(*words: str) -> str:
+    """Alternation that also matches "地　址" / "传 真": pages pad two-character labels."""
+    return "|".join(r"\s*".join(map(re.escape, word)) for word in words)
+
+
 _ADDRESS = re.compile(
-    r"(?P<label>通信地址|通讯地址|联系地址|邮寄地址|办公地址|公司地址|总部地址|注册地址|地址"
-    r"|住所(?:（营业场所）|\(营业场所\))?|Address)\s*[:：]\s*"
-    r"(?P<value>[^|｜]+?)\s*(?=邮编|邮政编码|电话|传真|邮箱|电子邮件|E-?mail|Tel|Fax|Phone|客服"
-    r"|热线|网址|Post\s*code|Zip|[|｜]|$)",
+    r"(?P<label>"
+    + _spaced("通信地址", "通讯地址", "联系地址", "邮寄地址", "办公地址", "公司地址", "总部地址")
+    + "|"
+    + _spaced("注册地址", "地址")
+    + r"|住\s*所(?:（营业场所）|\(营业场所\))?|Address)\s*[:：]\s*"
+    r"(?P<value>[^|｜]+?)\s*(?=邮\s*编|邮政编码|电\s*话|传\s*真|邮\s*箱|电子邮件|E-?mail|Tel|Fax"
+    r"|Phone|客服|热线|网\s*址|Post\s*code|Zip|[|｜]|$)",
     re.IGNORECASE,
 )
 _ADDRESS_WORD = re.compile(
     r"[省市区县路街道巷号楼层室座幢园镇乡村]|road|street|avenue|district|floor|\bRd\b", re.I
 )
 _POSTCODE = re.compile(
-    r"(?:邮编|邮政编码|Post\s*code|Zip(?:\s*code)?)\s*[:：]?\s*(?P<code>\d{6})(?!\d)", re.I
+    r"(?:邮\s*编|邮政编码|Post\s*code|Zip(?:\s*code)?)\s*[:：]?\s*(?P<code>\d{6})(?!\d)", re.I
 )
 _TRAILING_POSTCODE = re.compile(r"\s*[（(]\s*(?P<code>\d{6})\s*[)）]\s*$")
 
 # Label text: cut at separators, keep the last piece that says something.
 _LABEL_SPLIT = re.compile(r"[\s|｜,，;；。!！]+")
+# "传　　真" -> "传真": padding between CJK characters is layout, not a separator.
+_CJK_PADDING = re.compile(r"(?<=[\u4e00-\u9fff])\s+(?=[\u4e00-\u9fff])")
 _LABEL_STRIP = ":：-—_·•*/\\()（）[]【】<>《》\"'“”‘’ "
 _LIST_GLUE = re.compile(r"^[\s、,，/／;；|｜或和及or]*$", re.IGNORECASE)
-_PAREN_AFTER = re.compile(r"^\s*[（(]([^）)]{1,16})[）)]")
+_PAREN_AFTER = re.compile(r"\s*[（(]([^）)]{1,16})[）)]")  # used with match(text, pos)
 
 # Full-width digits and punctuation that pages use in contact lines, mapped one to one.
 _WIDTH = str.maketrans(
@@ -247,6 +259,7 @@ _BLOCK_TAGS = frozenset(
     }
 )
 _CELL_TAGS = frozenset({"td", "th"})
+_HEADING_TAGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
 
 _WHERE_RANK = {"body": 0, "header": 1, "footer": 1, "contact": 2}
 _WHERE_DELTA = {"body": -0.1, "header": 0.05, "footer": 0.1, "contact": 0.15}
@@ -269,15 +282,17 @@ HINT_CONFIDENCE = 0.9
 class _Ctx:
     where: str
     hinted: frozenset[str]
+    section: str = ""  # heading above the value; set per line, see _Line.section
 
-    def with_node(self, node: LexborNode, hints: Mapping[int, frozenset[str]]) -> _Ctx:
-        own = _place_of(node)
+    def with_node(
+        self, node: LexborNode, own: str | None, hints: Mapping[int, frozenset[str]]
+    ) -> _Ctx:
         where = own if own and _WHERE_RANK[own] > _WHERE_RANK[self.where] else self.where
         extra = hints.get(node.mem_id)
         hinted = self.hinted | extra if extra else self.hinted
         if where == self.where and hinted is self.hinted:
             return self
-        return _Ctx(where, hinted)
+        return _Ctx(where, hinted, self.section)
 
 
 _CONTACT_TOKENS = ("contact", "lianxi", "lxwm", "kefu", "hotline", "complain", "tousu")
@@ -311,6 +326,7 @@ class _Line:
     text: str
     starts: list[int]
     ctxs: list[_Ctx]
+    section: str  # text of the heading this line sits under ("人才招聘", "媒体联系"), or ""
 
     def ctx_at(self, pos: int) -> _Ctx:
         return self.ctxs[max(bisect_right(self.starts, pos) - 1, 0)]
@@ -322,6 +338,7 @@ class _Anchor:
     ctx: _Ctx
     line: int
     col: int
+    section: str
 
 
 @dataclass(slots=True)
@@ -334,6 +351,8 @@ class _Flattener:
     _starts: list[int] = field(default_factory=list)
     _ctxs: list[_Ctx] = field(default_factory=list)
     _length: int = 0
+    section: str = ""
+    section_owner: int | None = None  # mem_id of the heading's parent: the section ends with it
 
     def add(self, raw: str, ctx: _Ctx) -> None:
         text = _SPACES.sub(" ", raw.translate(_WIDTH))
@@ -363,12 +382,8 @@ class _Flattener:
         text = "".join(self._text)
         stripped = text.rstrip()
         if stripped:
-            self.lines.append(_Line(stripped, self._starts, self._ctxs))
+            self.lines.append(_Line(stripped, self._starts, self._ctxs, self.section))
         self._text, self._starts, self._ctxs, self._length = [], [], [], 0
-
-
-def _children(node: LexborNode) -> Iterator[LexborNode]:
-    return node.iter(include_text=True)
 
 
 def _cf_decode(encoded: str) -> str | None:
@@ -394,6 +409,12 @@ def _flatten(root: LexborNode, base: _Ctx, hints: Mapping[int, frozenset[str]]) 
                 out.newline()
             elif tag in _CELL_TAGS:
                 out.add(" ", ctx)
+            if tag in _HEADING_TAGS and out.lines:
+                parent = node.parent
+                out.section = out.lines[-1].text[:40]
+                out.section_owner = parent.mem_id if parent is not None else None
+            elif out.section_owner is not None and node.mem_id == out.section_owner:
+                out.section, out.section_owner = "", None
             continue
         if tag == "-text":
             out.add(node.text_content or "", ctx)
@@ -403,7 +424,11 @@ def _flatten(root: LexborNode, base: _Ctx, hints: Mapping[int, frozenset[str]]) 
         if tag == "br":
             out.newline()
             continue
-        own = ctx.with_node(node, hints)
+        place = _place_of(node)
+        if place in ("footer", "header"):
+            # A footer after a flat "人才招聘" section must not inherit that heading.
+            out.section, out.section_owner = "", None
+        own = ctx.with_node(node, place, hints)
         if tag == "img":
             alt = node.attributes.get("alt") or ""
             if alt.strip():
@@ -415,7 +440,7 @@ def _flatten(root: LexborNode, base: _Ctx, hints: Mapping[int, frozenset[str]]) 
             out.add(" ", own)
         if tag == "a":
             line, col = out.position()
-            out.anchors.append(_Anchor(node, own, line, col))
+            out.anchors.append(_Anchor(node, own, line, col, out.section))
         protected = node.attributes.get("data-cfemail")
         if protected:
             decoded = _cf_decode(protected)
@@ -424,7 +449,8 @@ def _flatten(root: LexborNode, base: _Ctx, hints: Mapping[int, frozenset[str]]) 
             stack.append((node, own, True))
             continue
         stack.append((node, own, True))
-        stack.extend((child, own, False) for child in reversed(list(_children(node))))
+        children = list(node.iter(include_text=True))
+        stack.extend((child, own, False) for child in reversed(children))
     out.newline()
     return out
 
@@ -444,24 +470,41 @@ class _Hit:
     postcode: str | None = None
 
 
-def _overlaps(hit: tuple[int, int], taken: list[tuple[int, int]]) -> bool:
-    return any(hit[0] < end and start < hit[1] for start, end in taken)
+class _Spans:
+    """Non-overlapping spans already claimed on a line; bisect keeps a long line linear-ish."""
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def overlaps(self, span: tuple[int, int]) -> bool:
+        i = bisect_right(self._starts, span[0])
+        if i and self._ends[i - 1] > span[0]:
+            return True
+        return i < len(self._starts) and self._starts[i] < span[1]
+
+    def add(self, span: tuple[int, int]) -> None:
+        i = bisect_right(self._starts, span[0])
+        self._starts.insert(i, span[0])
+        self._ends.insert(i, span[1])
 
 
 def _emails(text: str, swap: str | None) -> list[_Hit]:
     hits: list[_Hit] = []
     for m in _EMAIL.finditer(text):
         hits.append(_Hit(m.start(), m.end(), "email", m.group(0), f"{m['local']}@{m['domain']}"))
-    taken = [(h.start, h.end) for h in hits]
+    taken = _Spans()
+    for h in hits:
+        taken.add((h.start, h.end))
     for m in _OBFUSCATED.finditer(text):
-        if _overlaps(m.span(), taken):
+        if taken.overlaps(m.span()):
             continue
         domain = ".".join(_DOT_SPLIT.split(m["domain"]))
         family = "word" if not re.search(r"[\[\(\{（【<]", m["at"]) else "bracket"
         if family == "word" and m["at"].strip() == "AT":
             family = "WORD"  # "name AT domain DOT com": the capitals say it is on purpose
         hits.append(_Hit(m.start(), m.end(), "email", m.group(0), f"{m['local']}@{domain}", family))
-        taken.append(m.span())
+        taken.add(m.span())
     if swap:
         c = re.escape(swap)
         pattern = re.compile(
@@ -469,11 +512,11 @@ def _emails(text: str, swap: str | None) -> list[_Hit]:
             r"(?![A-Za-z0-9-])"
         )
         for m in pattern.finditer(text):
-            if not _overlaps(m.span(), taken):
+            if not taken.overlaps(m.span()):
                 hits.append(
                     _Hit(m.start(), m.end(), "email", m.group(0), f"{m['local']}@{m['domain']}")
                 )
-                taken.append(m.span())
+                taken.add(m.span())
     return hits
 
 
@@ -481,20 +524,26 @@ def _scan(line: _Line, swap: str | None) -> list[_Hit]:
     """Every candidate value on one line, without overlaps, in reading order."""
     text = line.text
     hits = _emails(text, swap)
-    taken = [(h.start, h.end) for h in hits]
+    taken = _Spans()
+    for h in hits:
+        taken.add((h.start, h.end))
     for m in _LICENCE.finditer(text):
-        if not _overlaps(m.span(), taken):
+        if not taken.overlaps(m.span()):
             hits.append(_Hit(m.start(), m.end(), "licence", m.group(0), m.group(0)))
-            taken.append(m.span())
-    phones = [m for m in _PHONE.finditer(text) if not _overlaps(m.span(), taken) and m.lastgroup]
+            taken.add(m.span())
+    phones = [m for m in _PHONE.finditer(text) if not taken.overlaps(m.span()) and m.lastgroup]
+    phone_starts = [p.start() for p in phones]
     for m in _ADDRESS.finditer(text):
         start, end = m.span("value")
         # An address runs to the next label; an unlabelled number after it is not part of it.
-        for p in phones:
-            if start < p.start() < end and p.lastgroup != "short":
-                end = p.start()
+        j = bisect_right(phone_starts, start)
+        while j < len(phones) and phones[j].start() < end:
+            if phones[j].lastgroup != "short":
+                end = phones[j].start()
+                break
+            j += 1
         value = text[start:end].strip(" ,，;；。")
-        if _overlaps((start, end), taken):
+        if taken.overlaps((start, end)):
             continue
         postcode = None
         trailing = _TRAILING_POSTCODE.search(value)
@@ -505,9 +554,9 @@ def _scan(line: _Line, swap: str | None) -> list[_Hit]:
         if not _ADDRESS_WORD.search(value):
             continue
         hits.append(_Hit(start, end, "postal", value, value, label=m["label"], postcode=postcode))
-        taken.append((start, end))
+        taken.add((start, end))
     for p in phones:
-        if not _overlaps(p.span(), taken):
+        if not taken.overlaps(p.span()):
             raw = p.group(0)
             hits.append(_Hit(p.start(), p.end(), "phone", raw, raw, p.lastgroup or ""))
     hits.sort(key=lambda h: h.start)
@@ -515,7 +564,7 @@ def _scan(line: _Line, swap: str | None) -> list[_Hit]:
 
 
 def _label_piece(window: str) -> str:
-    for piece in reversed(_LABEL_SPLIT.split(window)):
+    for piece in reversed(_LABEL_SPLIT.split(_CJK_PADDING.sub("", window))):
         cleaned = piece.strip(_LABEL_STRIP)
         if cleaned:
             return cleaned[-24:]
@@ -539,18 +588,20 @@ def _label_for(
 ) -> str:
     """The words the page put next to the value at ``lines[index].text[pos:end]``."""
     line = lines[index]
-    previous = [h for h in hits[index] if h.end <= pos]
-    window = line.text[previous[-1].end if previous else 0 : pos]
-    if previous and previous[-1].kind == kind and _LIST_GLUE.match(window):
-        return previous[-1].label  # "电话：010-1、010-2": the second shares the first's label
+    before = bisect_right(hits[index], pos, key=lambda h: h.end)  # hits are sorted, disjoint
+    last = hits[index][before - 1] if before else None
+    # A label sits right before its value; 48 characters is plenty and keeps long lines cheap.
+    window = line.text[max(last.end if last else 0, pos - 48) : pos]
+    if last is not None and last.kind == kind and _LIST_GLUE.match(window):
+        return last.label  # "电话：010-1、010-2": the second shares the first's label
     label = _label_piece(window)
     if _has_keyword(label):
         return label
     if end is not None:
-        after = _PAREN_AFTER.match(line.text[end:])
+        after = _PAREN_AFTER.match(line.text, end)
         if after and _has_keyword(after.group(1)):
             return after.group(1).strip()
-    if not previous and not label and index > 0:
+    if last is None and not label and index > 0:
         above = lines[index - 1].text.strip()
         if len(above) <= 20 and not hits[index - 1]:
             return above.strip(_LABEL_STRIP)
@@ -558,11 +609,12 @@ def _label_for(
 
 
 def _confidence(kind: str, label: str, ctx: _Ctx, *, bonus: float = 0.0) -> float:
+    """Base per kind, then place, then label; a heading like "人才招聘" only ever lowers."""
     score = _BASE[kind] + _WHERE_DELTA[ctx.where] + bonus
     negative = bool(_NEGATIVE.search(label))
-    if negative:
+    if negative or _NEGATIVE.search(ctx.section):
         score -= 0.3
-    elif _ETHICS.search(label):
+    elif _ETHICS.search(label) or _ETHICS.search(ctx.section):
         score -= 0.15
     elif (
         _STRONG.search(label)
@@ -598,7 +650,7 @@ def _phone_row(raw: str, label: str, ctx: _Ctx, family: str, forced: bool) -> Ex
         else:
             kind = "fax"
     if kind == "fax":
-        ctx = _Ctx(ctx.where, ctx.hinted - {"phone"})
+        ctx = replace(ctx, hinted=ctx.hinted - {"phone"})
     return Extracted(
         kind, value, label, _confidence(kind, label, ctx, bonus=bonus), _where(ctx, kind), raw
     )
@@ -636,7 +688,9 @@ def _compile_hints(
 
 def _is_contact_page(tree: LexborHTMLParser, url: str) -> bool:
     heads = [n.text() for n in tree.css("title, h1")[:4]]
-    return bool(_CONTACT_PAGE.search(" ".join([*heads, unquote(urlsplit(url).path)])))
+    with contextlib.suppress(ValueError):  # a URL urllib refuses simply has no path to read
+        heads.append(unquote(urlsplit(url).path))
+    return bool(_CONTACT_PAGE.search(" ".join(heads)))
 
 
 def _swap_char(lines: list[_Line]) -> str | None:
@@ -674,7 +728,7 @@ def extract_contacts(
     found: list[Extracted] = []
     for index, line in enumerate(lines):
         for hit in hits[index]:
-            ctx = line.ctx_at(hit.start)
+            ctx = replace(line.ctx_at(hit.start), section=line.section)
             if hit.kind == "postal":
                 row = _postal_row(hit, lines, hits, index, ctx)
             else:
@@ -723,27 +777,26 @@ def _postal_row(
     postcode = hit.postcode
     if postcode is None:
         # 邮编 sits on the same line, or on the line right below / above the address.
-        for near in (index, index + 1, index - 1):
-            if 0 <= near < len(lines):
-                if near != index and any(h.kind == "postal" for h in hits[near]):
-                    continue
-                m = _POSTCODE.search(lines[near].text)
-                if m:
-                    postcode = m["code"]
-                    break
+        # Only look close by: a long line full of addresses must not be rescanned per address.
+        m = _POSTCODE.search(lines[index].text, hit.end, hit.end + 40)
+        for near in (index + 1, index - 1):
+            if m is not None:
+                break
+            if 0 <= near < len(lines) and not any(h.kind == "postal" for h in hits[near]):
+                m = _POSTCODE.search(lines[near].text, 0, 60)
+        if m is not None:
+            postcode = m["code"]
     text = f"{hit.value}（邮编 {postcode}）" if postcode else hit.value
     try:
         value = normalize("postal", text)
     except InvalidContact:
         return None
     label = hit.label
-    context = _label_piece(lines[index].text[: hit.start])
-    score_label = f"{context} {label}" if _NEGATIVE.search(context) else label
     return Extracted(
         "postal",
         value,
         label,
-        _confidence("postal", score_label, ctx),
+        _confidence("postal", label, ctx),
         _where(ctx, "postal"),
         hit.raw,
     )
@@ -753,8 +806,12 @@ def _anchor_rows(
     anchors: list[_Anchor], lines: list[_Line], hits: list[list[_Hit]], page_url: str
 ) -> list[Extracted]:
     rows: list[Extracted] = []
-    page = urldefrag(page_url).url
+    try:
+        page = urldefrag(page_url).url
+    except ValueError:
+        page = page_url
     for anchor in anchors:
+        anchor.ctx = replace(anchor.ctx, section=anchor.section)
         href = (anchor.node.attributes.get("href") or "").strip()
         if not href:
             continue
@@ -770,8 +827,12 @@ def _anchor_rows(
         words = text or title
         if not _LINK.search(words) or scheme in ("javascript", "data"):
             continue
-        target = urldefrag(urljoin(page_url, href)).url
-        if target == page or urlsplit(target).scheme not in ("http", "https"):
+        try:
+            target = urldefrag(urljoin(page_url, href)).url
+            scheme = urlsplit(target).scheme
+        except ValueError:  # "http://[::1": urllib refuses it, so would any browser
+            continue
+        if target == page or scheme not in ("http", "https"):
             continue
         try:
             value = normalize("web_form", target)
@@ -906,13 +967,18 @@ class OfficialSiteSource:
                     ),
                 )
             )
-        findings: list[Finding] = []
+        best: dict[tuple[str, str], Finding] = {}
         notices: list[Notice] = []
         for page in site.pages:
             page_findings, page_notices = await self._read_page(party, fetch, page, site)
-            findings.extend(page_findings)
+            for f in page_findings:
+                # Two pages of one site are not two independent witnesses: the engine combines
+                # confidences across findings, so keep only the best sighting of each value.
+                kept = best.get((f.kind, f.value))
+                if kept is None or f.confidence > kept.confidence:
+                    best[(f.kind, f.value)] = f
             notices.extend(page_notices)
-        return Lookup(findings=tuple(findings), notices=tuple(notices))
+        return Lookup(findings=tuple(best.values()), notices=tuple(notices))
 
     async def _read_page(
         self, party: PartyQuery, fetch: Fetcher, page: str, site: _SiteHints
@@ -943,7 +1009,7 @@ class OfficialSiteSource:
             rows = extract_contacts(fetched.text, fetched.url, site.selectors)
         except ValueError as exc:
             return [], [self._notice(party, "error", f"hints.official_site.selectors: {exc}")]
-        except Exception as exc:  # a parser bug must not stop discovery of other parties
+        except Exception as exc:  # noqa: BLE001 - a parser bug must not stop discovery
             return [], [
                 self._notice(
                     party, "error", f"could not read {fetched.url}: {exc!r}", url=fetched.url
