@@ -80,6 +80,11 @@ class App:
             run_sources(queries, registry.source_adapters(), fetcher, progress=progress)
         )
         with self.sessions.begin() as s:
+            if any("directory" in names for _q, names in queries):
+                # Directory findings cite the SHA-256 of the bundled file: keep those exact bytes.
+                from sources.directory import load_directory
+
+                store_blob(s, load_directory().data, "application/toml")
             return record_results(s, results, documents() if documents else (), at=at)
 
     def plan(self, *, at: datetime | None = None, dry_run: bool = False) -> PlanReport:
