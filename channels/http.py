@@ -11,5 +11,7 @@ import httpx
 
 def make_client(*, timeout: float = 10.0, max_connections: int = 100) -> httpx.AsyncClient:
     """An AsyncClient for one channel instance."""
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
     return httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0), limits=limits)

@@ -32,7 +32,7 @@ def pending_heads(session: Session) -> list[dict[str, object]]:
     anchored: dict[str, int] = {}
     for anchor in session.scalars(select(Anchor).where(Anchor.status == "ok").order_by(Anchor.id)):
         for leaf in anchor.leaves:
-            anchored[str(leaf["chain"])] = int(leaf["seq"])  # type: ignore[call-overload]
+            anchored[str(leaf["chain"])] = int(leaf["seq"])
     return [
         {"chain": c.name, "seq": c.head_seq, "hash": c.head_hash}
         for c in session.scalars(select(Chain).order_by(Chain.name))
@@ -122,7 +122,7 @@ def verify_anchors(session: Session, trust_roots_pem: bytes | None) -> AnchorChe
                 f"anchor {a.id}: imprint matches; signature not checked ({info.note})"
             )
         for leaf in a.leaves:
-            chain, seq, digest = str(leaf["chain"]), int(leaf["seq"]), str(leaf["hash"])  # type: ignore[call-overload]
+            chain, seq, digest = str(leaf["chain"]), int(leaf["seq"]), str(leaf["hash"])
             stored = session.scalars(
                 select(Event.hash).where(Event.chain == chain, Event.seq == seq)
             ).first()

@@ -25,7 +25,9 @@ class Backoff:
     def delay(self, try_number: int, retry_after: float | None = None) -> float:
         if retry_after is not None:
             return max(0.0, min(retry_after, self.retry_after_cap))
-        return float(min(self.cap, self.base * 2.0 ** (try_number - 1)) + random.uniform(0, self.jitter))
+        return float(
+            min(self.cap, self.base * 2.0 ** (try_number - 1)) + random.uniform(0, self.jitter)
+        )
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
