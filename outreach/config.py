@@ -410,16 +410,19 @@ def parse(
             for e in exc.errors():
                 problems.append((_dotted(("channels", name, *e["loc"])), _describe(e)))
         for key, value in rest.items():
-            if _looks_secret(key) and not key.endswith("_env"):
+            if _looks_secret(key) and not key.endswith(("_env", "_sid", "_id")):
                 problems.append(
                     (
                         f"channels.{name}.{key}",
                         f'secrets never go in the file: use {key}_env = "ENV_VAR_NAME"',
                     )
                 )
-            elif key.endswith("_env") and not re.fullmatch(r"[A-Z_][A-Z0-9_]*", str(value)):
+            elif key.endswith("_env") and not _env_names_ok(value):
                 problems.append(
-                    (f"channels.{name}.{key}", "expected the NAME of an environment variable")
+                    (
+                        f"channels.{name}.{key}",
+                        "expected the NAME of an environment variable (or a table of names)",
+                    )
                 )
     if problems:
         raise ConfigError(path, problems)
@@ -449,6 +452,12 @@ def _engine_channel_keys(name: str, settings: Mapping[str, Any]) -> list[tuple[s
             except ValueError as exc:
                 problems.append((f"channels.{name}.limits[{i}]", str(exc)))
     return problems
+
+
+def _env_names_ok(value: Any) -> bool:
+    """``password_env = "NAME"`` or ``headers_env = {X-Api-Key = "NAME"}``."""
+    names = value.values() if isinstance(value, dict) else [value]
+    return all(isinstance(v, str) and re.fullmatch(r"[A-Z_][A-Z0-9_]*", v) for v in names)
 
 
 def _looks_secret(key: str) -> bool:

@@ -22,6 +22,9 @@ _BUILTIN_CHANNELS = {
     "smtp": "channels.smtp:SmtpChannel",
     "aliyun_sms": "channels.aliyun_sms:AliyunSmsChannel",
     "tencent_sms": "channels.tencent_sms:TencentSmsChannel",
+    "twilio_sms": "channels.twilio_sms:TwilioSmsChannel",
+    "http_sms": "channels.http_sms:HttpSmsChannel",
+    "webhook": "channels.webhook:WebhookChannel",
 }
 _BUILTIN_SOURCES = {
     "config": "sources.config:ConfigSource",

@@ -164,3 +164,37 @@ def test_cli_rejects_bad_config_with_exit_2_and_writes_nothing(tmp_path: Path) -
     assert f"{cfg}: cases[0].merchant: no merchant 'ghost'" in proc.stderr
     assert "nothing was written" in proc.stderr
     assert not (tmp_path / "var").exists()
+
+
+def test_every_channel_adapter_validates_a_realistic_table() -> None:
+    """Adapter settings from the README examples pass the engine's own secret checks."""
+    data = _mutated("channels.outbox", EXAMPLE["channels"]["outbox"])
+    data["channels"].update(
+        {
+            "tw": {
+                "adapter": "twilio_sms",
+                "account_sid": "AC" + "0" * 32,
+                "api_key_sid": "SK" + "0" * 32,
+                "api_key_secret_env": "TWILIO_SECRET",
+                "from_number": "+14155550100",
+            },
+            "gw": {
+                "adapter": "http_sms",
+                "url": "https://sms.example.cn/send",
+                "encoding": "json",
+                "request": {"mobile": "{recipient_national}", "content": "{text}"},
+                "headers_env": {"X-Api-Key": "GW_KEY"},
+                "success_path": "code",
+                "success_values": ["0"],
+            },
+        }
+    )
+    cfg = _parse(data)
+    assert cfg.channels["gw"]["headers_env"] == {"X-Api-Key": "GW_KEY"}
+
+
+def test_env_table_with_a_value_not_a_name_is_rejected() -> None:
+    data = _mutated("channels.outbox", EXAMPLE["channels"]["outbox"])
+    data["channels"]["gw"] = {"adapter": "outbox", "headers_env": {"X-Api-Key": "sk-live-123"}}
+    with pytest.raises(ConfigError, match=r"channels\.gw\.headers_env: expected the NAME"):
+        _parse(data)
