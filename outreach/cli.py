@@ -594,5 +594,12 @@ def audit_anchor(c: Ctx) -> None:
         )
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+# Command groups that live in their own modules (imported for their side effect of attaching).
+from outreach import (  # noqa: E402, F401
+    cli_contacts,
+    cli_evidence,
+    cli_inbound,
+    cli_manual,
+    cli_receipts,
+    cli_schedule,
+)

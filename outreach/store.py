@@ -365,3 +365,13 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
 def session_factory(engine: Engine) -> sessionmaker[Any]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+# Models owned by other modules; imported here so one metadata describes the whole schema.
+from outreach import (  # noqa: E402, F401
+    models_contacts,
+    models_inbound,
+    models_receipts,
+    models_schedule,
+    models_tasks,
+)

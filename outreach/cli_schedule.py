@@ -1,0 +1,3 @@
+"""CLI commands: schedule. Attached to the `outreach` group defined in :mod:`outreach.cli`."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Database models: tasks. Imported by :mod:`outreach.store` so Alembic and tests see them."""
+
+from __future__ import annotations
