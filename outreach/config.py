@@ -205,6 +205,28 @@ class ProofConfig(_Strict):
     anchor_every: Annotated[str, Field(pattern=r"^\d+[smhd]$")] = "1h"
 
 
+class InboundConfig(_Strict):
+    """The mailbox replies and bounces arrive in (IMAP). Absent: no inbound polling."""
+
+    imap_host: str = Field(min_length=1)
+    imap_port: int | None = Field(default=None, ge=1, le=65535)  # default 993 / 143
+    security: Literal["tls", "starttls", "none"] = "tls"
+    username: str = Field(min_length=1)
+    password_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")]
+    mailbox: str = "INBOX"
+    processed_mailbox: str | None = None  # move handled mail here; None: only flag it \\Seen
+    poll_every: Annotated[str, Field(pattern=r"^\d+[smhd]$")] = "5m"
+    ca_file: str | None = None
+
+
+class ReceiptsConfig(_Strict):
+    """Delivery receipts: a small HTTP endpoint and/or polling of the SMS providers."""
+
+    listen: Annotated[str, Field(pattern=r"^[^:\s]+:\d{1,5}$")] = "127.0.0.1:8025"
+    public_url: str | None = None  # the URL providers call, as they see it (Twilio signs it)
+    poll_every: Annotated[str, Field(pattern=r"^\d+[smhd]$")] = "15m"
+
+
 class Config(_Strict):
     database: DatabaseConfig = DatabaseConfig()
     sender: SenderConfig
@@ -216,6 +238,8 @@ class Config(_Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     dispatch: DispatchConfig = DispatchConfig()
     proof: ProofConfig = ProofConfig()
+    inbound: InboundConfig | None = None
+    receipts: ReceiptsConfig = ReceiptsConfig()
 
     # Filled by load(): where relative paths are resolved from.
     base_dir: Path = Field(default=Path("."), exclude=True)
