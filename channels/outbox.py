@@ -1,7 +1,7 @@
 """The offline default: write each message exactly as it would be sent into a folder.
 
 E-mail becomes an ``.eml`` (the RFC 5322 bytes an SMTP server would get), SMS and webhooks a
-``.json`` request, letters a printable ``.html``. Nothing leaves the machine, so a fresh
+``.json`` request (letters go through the ``letter`` channel, which waits for a tracking number). Nothing leaves the machine, so a fresh
 checkout runs end to end; a user can open the files, or hand the ``.eml`` to any mail client.
 A re-send of the same attempt writes a second numbered file rather than overwriting, so a
 duplicate is as visible here as it would be in a real inbox.
@@ -30,7 +30,7 @@ class OutboxSettings(BaseModel):
 
 class OutboxChannel:
     adapter: ClassVar[str] = "outbox"
-    kinds: ClassVar[frozenset[str]] = frozenset({"email", "sms", "webhook", "postal"})
+    kinds: ClassVar[frozenset[str]] = frozenset({"email", "sms", "webhook"})
     Settings: ClassVar[type[BaseModel]] = OutboxSettings
 
     def __init__(self, name: str, settings: Mapping[str, Any], env: Mapping[str, str]) -> None:
@@ -44,11 +44,6 @@ class OutboxChannel:
                 msg, from_address=self.settings.from_address, from_name=self.settings.from_name
             )
             return Prepared(msg, payload, "message/rfc822", mid, {"ext": "eml"})
-        if msg.kind == "postal":
-            html = msg.html or f"<pre>{msg.body}</pre>"
-            return Prepared(
-                msg, html.encode("utf-8"), "text/html", msg.idempotency_key, {"ext": "html"}
-            )
         if msg.kind in ("sms", "webhook"):
             request = {
                 "to": msg.recipient,

@@ -25,6 +25,8 @@ _BUILTIN_CHANNELS = {
     "twilio_sms": "channels.twilio_sms:TwilioSmsChannel",
     "http_sms": "channels.http_sms:HttpSmsChannel",
     "webhook": "channels.webhook:WebhookChannel",
+    "letter": "channels.letter:LetterChannel",
+    "manual": "channels.manual:ManualChannel",
 }
 _BUILTIN_SOURCES = {
     "config": "sources.config:ConfigSource",

@@ -131,6 +131,7 @@ def test_refund_case_needs_deposit() -> None:
 
 def test_via_kind_without_channel_is_rejected() -> None:
     data = _mutated("plans.standard.steps[0].via", ["phone"])
+    del data["channels"]["calls"]
     with pytest.raises(
         ConfigError, match=r"steps\[0\]\.via: no configured channel can send 'phone'"
     ):
