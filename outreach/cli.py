@@ -175,6 +175,8 @@ def discover_cmd(c: Ctx, party: str | None, offline: bool) -> None:
         click.echo(f"  new       {item}")
     for item in report.unlisted:
         click.echo(f"  unlisted  {item}")
+    for item in report.relisted:
+        click.echo(f"  relisted  {item}")
     for notice in report.notices:
         click.echo(
             f"  {notice.kind:9} {notice.party}: {notice.message}"
@@ -182,28 +184,23 @@ def discover_cmd(c: Ctx, party: str | None, offline: bool) -> None:
         )
     for item in report.failures:
         click.echo(f"  failed    {item}")
+    for item in report.skipped:
+        click.echo(f"  skipped   {item}")
 
 
 def _discover(
     app: App, *, party: str | None = None, offline: bool = False, progress: bool = False
 ) -> Any:
-    fetcher, documents = _fetcher(offline)
     say = (lambda msg: click.echo(f"  … {msg}", err=True)) if progress else None
+    fetcher, documents = _fetcher(app, offline, say)
     return app.discover(party=party, fetcher=fetcher, progress=say, documents=documents)
 
 
-def _fetcher(offline: bool) -> tuple[Any, Any]:
-    if offline:
-        return None, None
-    try:
-        import httpx
+def _fetcher(app: App, offline: bool, progress: Callable[[str], None] | None = None) -> Any:
+    """One polite fetcher per run; ETag/Last-Modified are kept in the database between runs."""
+    from outreach.discovery import make_fetcher
 
-        from outreach.fetch import PoliteFetcher
-    except ImportError:
-        return None, None
-    client = httpx.AsyncClient(timeout=20.0, follow_redirects=False)
-    fetcher = PoliteFetcher(client)
-    return fetcher, (lambda: list(fetcher.documents))
+    return make_fetcher(app.sessions, offline=offline, progress=progress)
 
 
 @main.group("contacts", invoke_without_command=True)

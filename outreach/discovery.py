@@ -2,25 +2,45 @@
 
 Findings from several sources for the same (party, kind, value) become one contact point with
 one provenance row per (source, url), so nothing said about where a number came from is lost.
-A value a source stops listing is marked unlisted (never deleted) and chained as an event; a
-source that fails becomes an event too, never a crashed run. The fetched pages themselves are
-stored as blobs: the finding's ``evidence_sha256`` points at the exact bytes it was read from.
+The fetched pages themselves are stored as blobs: the finding's ``evidence_sha256`` points at
+the exact bytes it was read from. Everything that changes is chained on ``party:<key>``.
+
+Rules that keep the record honest:
+
+- **Only a clean run can say "gone".** A value is unlisted only when the source that listed it
+  ran without an error or a block this time; a 404, a timeout or a JavaScript challenge says
+  nothing about the number, so it must not retire it.
+- **Nothing the user supplied is silently dropped.** A contact removed from the config is
+  unlisted with an event, never deleted, keeps its status and stays usable (ranked after
+  listed ones) until someone marks it bad: the merchant may only have tidied the file, and the
+  number may still be the one that answers. Contacts added by hand (``outreach contacts add``,
+  source ``manual: …``) belong to no source that runs, so discovery never unlists them.
+- **A failing source is an event, never a crashed run**, and a source that keeps failing the
+  same way is chained once, when it starts failing, and once more when it recovers
+  (``source_status``), so a scheduled worker does not bury the chain under identical errors.
+- **A manual task is raised once** (``lookup_tasks``): shown by every run while open, answered
+  by ``outreach contacts add``, closed when its source stops asking for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+import httpx
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from outreach import clock
-from outreach.proof import record_event, store_blob
-from outreach.store import ContactPoint, Party, Provenance
+from outreach.fetch import PoliteFetcher
+from outreach.models_contacts import LookupTask, SourceStatus
+from outreach.proof import canonical_json, format_at, record_event, store_blob
+from outreach.store import ContactPoint, Event, Party, Provenance
 from sources.base import (
     DeclaredContact,
     Fetched,
@@ -32,9 +52,14 @@ from sources.base import (
     PartyQuery,
     Source,
 )
-from sources.normalize import InvalidContact, normalize
+from sources.normalize import InvalidContact, is_mobile, normalize
 
 Progress = Callable[[str], None]
+
+#: Kinds a human may add with ``outreach contacts add`` (``licence`` is an identity, not a
+#: channel, and comes from the registries).
+MANUAL_KINDS = ("email", "phone", "sms", "postal", "web_form", "webhook", "website")
+MANUAL_PREFIX = "manual"
 
 
 @dataclass
@@ -42,6 +67,7 @@ class PartyResult:
     party: str
     lookups: dict[str, Lookup] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # source -> error text
+    skipped: dict[str, str] = field(default_factory=dict)  # source -> why it did not run
 
 
 @dataclass
@@ -52,6 +78,10 @@ class DiscoveryReport:
     relisted: list[str] = field(default_factory=list)
     notices: list[Notice] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    tasks_opened: list[str] = field(default_factory=list)
+    tasks_open: list[str] = field(default_factory=list)
+    tasks_closed: list[str] = field(default_factory=list)
 
 
 def party_query(party: Party, declared: Iterable[DeclaredContact]) -> PartyQuery:
@@ -68,11 +98,63 @@ def party_query(party: Party, declared: Iterable[DeclaredContact]) -> PartyQuery
     )
 
 
+# --------------------------------------------------------------------------- fetching
+
+
 class _OfflineFetcher:
-    """Used when no network fetcher is configured: every fetch is a clear, recorded failure."""
+    """Stands in when the run is offline; remembers that a source wanted the network, so the
+    engine can skip that source instead of recording an "error" that is no error at all."""
+
+    def __init__(self) -> None:
+        self.tried = False
 
     async def get(self, url: str, *, allowed_hosts: frozenset[str] | None = None) -> Fetched:
+        self.tried = True
         raise FetchError("network", "network fetching is disabled for this run", url=url)
+
+
+class RunFetcher(PoliteFetcher):
+    """A :class:`PoliteFetcher` that owns its HTTP client for one discovery run.
+
+    :func:`run_sources` closes it when the run ends, inside the event loop that used it.
+    """
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def make_fetcher(
+    sessions: sessionmaker[Session] | None,
+    *,
+    offline: bool = False,
+    progress: Progress | None = None,
+    client: httpx.AsyncClient | None = None,
+    **options: Any,
+) -> tuple[Fetcher | None, Callable[[], list[Fetched]] | None]:
+    """The fetcher the CLI hands to :meth:`outreach.app.App.discover`, and its documents.
+
+    With ``sessions`` the ETag / Last-Modified validators live in the database
+    (:class:`~outreach.validator_cache.DbValidatorCache`), so the next run's conditional
+    requests get 304s. ``options`` go to :class:`PoliteFetcher` (``min_interval``,
+    ``host_intervals``, ``max_bytes``, ``retry``...). The run closes the HTTP client at its
+    end, ``client`` included, so make one fetcher per run. Offline: ``(None, None)``, and
+    sources that need the network are skipped.
+    """
+    if offline:
+        return None, None
+    from outreach.validator_cache import DbValidatorCache
+
+    if sessions is not None:
+        options.setdefault("cache", DbValidatorCache(sessions))
+    if progress is not None:
+        say = progress
+
+        def on_fetch(url: str, status: int | None) -> None:
+            say(f"GET {url} → {status if status is not None else 'no answer'}")
+
+        options.setdefault("progress", on_fetch)
+    fetcher = RunFetcher(client or httpx.AsyncClient(follow_redirects=False), **options)
+    return fetcher, (lambda: list(fetcher.documents))
 
 
 async def run_sources(
@@ -84,31 +166,53 @@ async def run_sources(
     source_timeout: float = 120.0,
 ) -> list[PartyResult]:
     """Run every (party, source) pair concurrently; the fetcher enforces per-host politeness."""
-    fetch: Fetcher = fetcher or _OfflineFetcher()
     results = {q.key: PartyResult(q.key) for q, _ in queries}
 
     async def one(query: PartyQuery, source_name: str) -> None:
+        result = results[query.key]
         cls = adapters.get(source_name)
         if cls is None:
-            results[query.key].failed[source_name] = (
-                f"no source adapter named {source_name!r} is installed"
-            )
+            result.failed[source_name] = f"no source adapter named {source_name!r} is installed"
+            if progress:
+                progress(f"{query.key}: {source_name} failed")
             return
-        source: Source = cls()
+        offline: _OfflineFetcher | None = None
+        fetch: Fetcher
+        if fetcher is None:
+            fetch = offline = _OfflineFetcher()
+        else:
+            fetch = fetcher
         try:
+            source: Source = cls()
             lookup = await asyncio.wait_for(source.lookup(query, fetch), source_timeout)
         except TimeoutError:
-            results[query.key].failed[source_name] = f"gave no answer within {source_timeout:.0f}s"
+            result.failed[source_name] = f"gave no answer within {source_timeout:.0f}s"
         except Exception as exc:  # noqa: BLE001 - a broken adapter must not crash the run
-            results[query.key].failed[source_name] = f"{type(exc).__name__}: {exc}"
+            result.failed[source_name] = f"{type(exc).__name__}: {exc}"
         else:
-            results[query.key].lookups[source_name] = lookup
+            if offline is not None and offline.tried:
+                result.skipped[source_name] = "needs the network (offline run)"
+            else:
+                result.lookups[source_name] = lookup
         if progress:
-            state = "failed" if source_name in results[query.key].failed else "ok"
+            state = (
+                "failed"
+                if source_name in result.failed
+                else "skipped (offline)"
+                if source_name in result.skipped
+                else "ok"
+            )
             progress(f"{query.key}: {source_name} {state}")
 
-    await asyncio.gather(*(one(q, s) for q, names in queries for s in names))
+    try:
+        await asyncio.gather(*(one(q, s) for q, names in queries for s in names))
+    finally:
+        if isinstance(fetcher, RunFetcher):
+            await fetcher.aclose()
     return list(results.values())
+
+
+# --------------------------------------------------------------------------- recording
 
 
 def _combine(confidences: Iterable[float]) -> float:
@@ -119,6 +223,10 @@ def _combine(confidences: Iterable[float]) -> float:
     return round(1.0 - miss, 4)
 
 
+def _party(session: Session, key: str) -> Party:
+    return session.scalars(select(Party).where(Party.key == key)).one()
+
+
 def record_results(
     session: Session,
     results: Sequence[PartyResult],
@@ -126,14 +234,15 @@ def record_results(
     *,
     at: datetime | None = None,
 ) -> DiscoveryReport:
-    """Persist findings, provenance, notices and evidence inside the caller's transaction."""
+    """Persist findings, provenance, notices, tasks and evidence inside the caller's
+    transaction."""
     now = at or clock.now()
     report = DiscoveryReport(parties=len(results))
     for doc in documents:
         ctype = doc.headers.get("content-type", "text/html").split(";")[0].strip() or "text/html"
         store_blob(session, doc.body, ctype)
     for result in results:
-        party = session.scalars(select(Party).where(Party.key == result.party)).one()
+        party = _party(session, result.party)
         chain = f"party:{party.key}"
         existing = {
             (cp.kind, cp.value): cp
@@ -143,30 +252,93 @@ def record_results(
         for source_name, lookup in result.lookups.items():
             for finding in lookup.findings:
                 _merge_finding(session, party, chain, finding, existing, seen, report, now)
-            for notice in lookup.notices:
-                report.notices.append(notice)
-                record_event(
-                    session,
-                    chain,
-                    f"source_{notice.kind}",
-                    {
-                        "source": notice.source,
-                        "message": notice.message,
-                        "url": notice.url,
-                        "advice": notice.advice,
-                        "fields": list(notice.fields),
-                        "data": _jsonable(notice.data),
-                    },
-                    at=now,
-                )
-            _unlist_missing(session, party, chain, source_name, existing, seen, report, now)
+            tasks = [n for n in lookup.notices if n.kind == "manual_task"]
+            others = [n for n in lookup.notices if n.kind != "manual_task"]
+            outcome = (
+                "blocked"
+                if any(n.kind == "blocked" for n in others)
+                else "error"
+                if any(n.kind == "error" for n in others)
+                else "ok"
+            )
+            report.notices.extend(others)
+            keys = _record_tasks(session, party, chain, source_name, tasks, report, now)
+            _record_outcome(session, party, chain, source_name, outcome, others, None, now)
+            if outcome == "ok":
+                _unlist_missing(session, party, chain, source_name, existing, seen, report, now)
+                _close_dropped_tasks(session, party, chain, source_name, keys, report, now)
         for source_name, error in result.failed.items():
             report.failures.append(f"{party.key}: {source_name}: {error}")
-            record_event(
-                session, chain, "source_failed", {"source": source_name, "error": error}, at=now
-            )
+            _record_outcome(session, party, chain, source_name, "failed", (), error, now)
+        for source_name, why in result.skipped.items():
+            report.skipped.append(f"{party.key}: {source_name}: {why}")
     session.flush()
     return report
+
+
+def _notice_data(notice: Notice) -> dict[str, Any]:
+    return {
+        "source": notice.source,
+        "message": notice.message,
+        "url": notice.url,
+        "advice": notice.advice,
+        "fields": list(notice.fields),
+        "data": _jsonable(notice.data),
+    }
+
+
+def _record_outcome(
+    session: Session,
+    party: Party,
+    chain: str,
+    source: str,
+    outcome: str,
+    notices: Sequence[Notice],
+    error: str | None,
+    now: datetime,
+) -> None:
+    """Chain what a source said only when it differs from what it said last time."""
+    said = [(f"source_{n.kind}", _notice_data(n)) for n in notices]
+    if error is not None:
+        said.append(("source_failed", {"source": source, "error": error}))
+    digest = hashlib.sha256(canonical_json([outcome, [[k, d] for k, d in said]])).hexdigest()
+    status = session.scalars(
+        select(SourceStatus).where(SourceStatus.party_id == party.id, SourceStatus.source == source)
+    ).one_or_none()
+    if status is None:
+        status = SourceStatus(
+            party_id=party.id,
+            source=source,
+            outcome=outcome,
+            digest=digest,
+            since=now,
+            last_run=now,
+            last_ok=now if outcome == "ok" else None,
+        )
+        session.add(status)
+    elif status.digest == digest:
+        status.last_run = now
+        if outcome == "ok":
+            status.last_ok = now
+        return
+    else:
+        if status.outcome != "ok" and outcome == "ok":
+            record_event(
+                session,
+                chain,
+                "source_recovered",
+                {"source": source, "was": status.outcome, "since": format_at(status.since)},
+                at=now,
+            )
+        if status.outcome != outcome:
+            status.since = now
+    for kind, data in said:
+        record_event(session, chain, kind, data, at=now)
+    status.outcome = outcome
+    status.digest = digest
+    status.last_run = now
+    if outcome == "ok":
+        status.last_ok = now
 
 
 def _merge_finding(
@@ -180,6 +352,7 @@ def _merge_finding(
     now: datetime,
 ) -> None:
     try:
+        # A licence number is an identity a registry printed, kept as printed (upper-cased).
         value = normalize(f.kind, f.value) if f.kind != "licence" else f.value.strip().upper()
     except InvalidContact as exc:
         record_event(
@@ -190,72 +363,115 @@ def _merge_finding(
             at=now,
         )
         return
-    cp = existing.get((f.kind, value))
+    cp, prov = _upsert(
+        session,
+        party,
+        chain,
+        existing,
+        kind=f.kind,
+        value=value,
+        label=f.label,
+        source=f.source,
+        url=f.url or "",
+        confidence=f.confidence,
+        evidence_sha256=f.evidence_sha256,
+        as_of=f.as_of,
+        report=report,
+        now=now,
+    )
+    seen.add((cp.id, prov.source, prov.url))
+
+
+def _upsert(
+    session: Session,
+    party: Party,
+    chain: str,
+    existing: dict[tuple[str, str], ContactPoint],
+    *,
+    kind: str,
+    value: str,
+    label: str,
+    source: str,
+    url: str,
+    confidence: float,
+    evidence_sha256: str | None,
+    as_of: str | None,
+    report: DiscoveryReport | None,
+    now: datetime,
+) -> tuple[ContactPoint, Provenance]:
+    """One sighting of (kind, value) by one (source, url): one event for whatever it changed."""
+    cp = existing.get((kind, value))
+    new_cp = cp is None
     if cp is None:
         cp = ContactPoint(
             party_id=party.id,
-            kind=f.kind,
+            kind=kind,
             value=value,
-            label=f.label,
+            label=label,
             status="unknown",
-            confidence=f.confidence,
+            confidence=confidence,
             listed=True,
             first_seen=now,
             last_seen=now,
         )
         session.add(cp)
         session.flush()
-        existing[(f.kind, value)] = cp
-        report.added.append(f"{party.key}: {f.kind} {value} ({f.source})")
+        existing[(kind, value)] = cp
+    prov = session.scalars(
+        select(Provenance).where(
+            Provenance.contact_point_id == cp.id,
+            Provenance.source == source,
+            Provenance.url == url,
+        )
+    ).one_or_none()
+    sighting = {"kind": kind, "value": value, "source": source, "url": url or None}
+    described = f"{party.key}: {kind} {value} ({source})"
+    if new_cp:
+        if report is not None:
+            report.added.append(described)
         record_event(
             session,
             chain,
             "contact_added",
             {
-                "kind": f.kind,
-                "value": value,
-                "label": f.label,
-                "source": f.source,
-                "url": f.url,
-                "evidence_sha256": f.evidence_sha256,
-                "confidence": f"{f.confidence:.2f}",
-                "as_of": f.as_of,
+                **sighting,
+                "label": label,
+                "evidence_sha256": evidence_sha256,
+                "confidence": f"{confidence:.2f}",
+                "as_of": as_of,
             },
             at=now,
         )
     elif not cp.listed:
         cp.listed = True
-        report.relisted.append(f"{party.key}: {f.kind} {value} ({f.source})")
+        if report is not None:
+            report.relisted.append(described)
+        record_event(session, chain, "contact_relisted", sighting, at=now)
+    elif prov is None:
         record_event(
             session,
             chain,
-            "contact_relisted",
-            {"kind": f.kind, "value": value, "source": f.source, "url": f.url},
+            "provenance_added",
+            {**sighting, "label": label, "evidence_sha256": evidence_sha256},
             at=now,
         )
+    elif not prov.listed:
+        record_event(session, chain, "provenance_relisted", sighting, at=now)
     cp.last_seen = now
-    if f.label and not cp.label:
-        cp.label = f.label
-    url = f.url or ""
-    prov = session.scalars(
-        select(Provenance).where(
-            Provenance.contact_point_id == cp.id,
-            Provenance.source == f.source,
-            Provenance.url == url,
-        )
-    ).one_or_none()
+    if label and not cp.label:
+        cp.label = label
     if prov is None:
-        prov = Provenance(contact_point_id=cp.id, source=f.source, url=url, first_seen=now)
-        session.add(prov)
-    prov.label = f.label
-    prov.confidence = f.confidence
-    prov.evidence_sha256 = f.evidence_sha256
-    prov.as_of = f.as_of
+        prov = Provenance(source=source, url=url, first_seen=now)
+        cp.provenance.append(prov)  # through the relationship, so the collection stays current
+    prov.label = label
+    prov.confidence = confidence
+    prov.evidence_sha256 = evidence_sha256
+    prov.as_of = as_of
     prov.last_seen = now
     prov.listed = True
-    seen.add((cp.id, f.source, url))
     session.flush()
     cp.confidence = _combine(p.confidence for p in cp.provenance if p.listed)
+    return cp, prov
 
 
 def _unlist_missing(
@@ -282,20 +498,503 @@ def _unlist_missing(
             continue
         prov.listed = False
         cp = by_id[prov.contact_point_id]
+        why = (
+            "removed from the config; kept, and still used unless marked bad"
+            if source_name == "config"
+            else f"no longer listed by {source_name}"
+        )
         record_event(
             session,
             chain,
             "provenance_unlisted",
-            {"kind": cp.kind, "value": cp.value, "source": prov.source, "url": prov.url or None},
+            {
+                "kind": cp.kind,
+                "value": cp.value,
+                "source": prov.source,
+                "url": prov.url or None,
+                "why": why,
+            },
             at=now,
         )
         if not any(p.listed for p in cp.provenance if p.id != prov.id):
             cp.listed = False
             report.unlisted.append(f"{party.key}: {cp.kind} {cp.value}")
             record_event(
-                session, chain, "contact_unlisted", {"kind": cp.kind, "value": cp.value}, at=now
+                session,
+                chain,
+                "contact_unlisted",
+                {"kind": cp.kind, "value": cp.value, "status": cp.status, "why": why},
+                at=now,
             )
         cp.confidence = _combine(p.confidence for p in cp.provenance if p.listed)
+
+
+# --------------------------------------------------------------------------- manual tasks
+
+
+def _task_key(source: str, notice: Notice) -> str:
+    """The source's own key when it gives one, else a digest of what it asked."""
+    key = notice.data.get("task")
+    if isinstance(key, str) and key:
+        return key[:200]
+    raw = canonical_json([source, notice.message, notice.url, list(notice.fields)])
+    return "auto-" + hashlib.sha256(raw).hexdigest()[:24]
+
+
+def _wants(notice: Notice) -> dict[str, str]:
+    raw = notice.data.get("wants")
+    if not isinstance(raw, Mapping):
+        return {}
+    return {str(k): str(v) for k, v in raw.items() if k in MANUAL_KINDS}
+
+
+def _record_tasks(
+    session: Session,
+    party: Party,
+    chain: str,
+    source: str,
+    notices: Sequence[Notice],
+    report: DiscoveryReport,
+    now: datetime,
+) -> set[str]:
+    """Open a task the first time it is asked for; afterwards only remind. Returns the keys."""
+    keys: set[str] = set()
+    for notice in notices:
+        key = _task_key(source, notice)
+        if key in keys:
+            continue
+        keys.add(key)
+        task = session.scalars(
+            select(LookupTask).where(
+                LookupTask.party_id == party.id,
+                LookupTask.source == source,
+                LookupTask.key == key,
+            )
+        ).one_or_none()
+        if task is None:
+            task = LookupTask(
+                party_id=party.id,
+                source=source,
+                key=key,
+                title=notice.message,
+                url=notice.url,
+                advice=notice.advice,
+                fields=list(notice.fields),
+                wants=_wants(notice),
+                answered=[],
+                data=_jsonable(notice.data),
+                state="open",
+                opened_at=now,
+            )
+            session.add(task)
+            session.flush()
+            record_event(
+                session,
+                chain,
+                "task_opened",
+                {"task": task.id, "key": key, **_notice_data(notice), "wants": task.wants},
+                at=now,
+            )
+            report.tasks_opened.append(f"{party.key}: #{task.id} {notice.message}")
+            report.notices.append(notice)
+        elif task.state == "open":
+            report.tasks_open.append(f"{party.key}: #{task.id} {task.title}")
+            report.notices.append(
+                Notice(
+                    party=party.key,
+                    kind="manual_task",
+                    message=f"task #{task.id} still open since "
+                    f"{clock.today(task.opened_at).isoformat()}: {task.title}",
+                    source=source,
+                    url=task.url,
+                    advice="`outreach contacts tasks` shows what to do",
+                )
+            )
+    return keys
+
+
+def _close_dropped_tasks(
+    session: Session,
+    party: Party,
+    chain: str,
+    source: str,
+    keys: set[str],
+    report: DiscoveryReport,
+    now: datetime,
+) -> None:
+    """A source that ran cleanly and no longer asks for a task: it was solved another way
+    (the website was configured) or replaced (next year's annual report)."""
+    for task in session.scalars(
+        select(LookupTask).where(
+            LookupTask.party_id == party.id,
+            LookupTask.source == source,
+            LookupTask.state == "open",
+        )
+    ):
+        if task.key in keys:
+            continue
+        _close_task(session, task, chain, f"no longer asked for by {source}", now)
+        report.tasks_closed.append(f"{party.key}: #{task.id} {task.title}")
+
+
+def _close_task(session: Session, task: LookupTask, chain: str, reason: str, now: datetime) -> None:
+    task.state = "closed"
+    task.closed_at = now
+    task.close_reason = reason
+    record_event(
+        session,
+        chain,
+        "task_closed",
+        {"task": task.id, "key": task.key, "source": task.source, "reason": reason},
+        at=now,
+    )
+
+
+# --------------------------------------------------------------------------- by hand
+
+
+class ContactError(ValueError):
+    """A manual contact change that cannot be applied; the message is for the user."""
+
+
+@dataclass
+class ContactChange:
+    """What one ``contacts add`` / ``contacts mark`` did."""
+
+    party: str
+    kind: str
+    value: str
+    change: str  # added | relisted | source added | source relisted | unchanged | status
+    answered: list[str] = field(default_factory=list)  # "#3 企业电子邮箱"
+    closed: list[str] = field(default_factory=list)  # "#3"
+    warnings: list[str] = field(default_factory=list)
+
+
+def _find_party(session: Session, key: str) -> Party:
+    party = session.scalars(select(Party).where(Party.key == key)).one_or_none()
+    if party is None:
+        raise ContactError(f"no party {key!r} (see the [parties] of the config)")
+    return party
+
+
+def manual_source(text: str) -> str:
+    """``"annual report 2025"`` -> ``"manual: annual report 2025"``: the adapter, then the note."""
+    text = " ".join(text.split())
+    if not text:
+        raise ContactError(
+            "--source must say where the value comes from, e.g. 'annual report 2025'"
+        )
+    head, sep, rest = text.partition(":")
+    if sep and head.strip().lower() == MANUAL_PREFIX:
+        text = rest.strip()
+        if not text:
+            raise ContactError("--source must say where the value comes from after 'manual:'")
+    return f"{MANUAL_PREFIX}: {text}"
+
+
+def add_contact(
+    session: Session,
+    party_key: str,
+    kind: str,
+    value: str,
+    *,
+    source: str,
+    label: str = "",
+    url: str | None = None,
+    at: datetime | None = None,
+) -> ContactChange:
+    """Record a contact a human found (an annual report, a letterhead) with its provenance.
+
+    Validates everything before writing anything; raises :class:`ContactError`. Answers the
+    party's open lookup tasks that asked for this kind, and closes a task once every field it
+    asked for is answered.
+    """
+    now = at or clock.now()
+    party = _find_party(session, party_key)
+    if kind not in MANUAL_KINDS:
+        raise ContactError(f"--kind must be one of {', '.join(MANUAL_KINDS)}")
+    try:
+        normalised = normalize(kind, value)
+    except InvalidContact as exc:
+        raise ContactError(str(exc)) from None
+    if kind == "sms" and not is_mobile(normalised):
+        raise ContactError(f"{value!r} is not a mobile number, so it cannot take an SMS")
+    page = ""
+    if url:
+        try:
+            page = normalize("website", url)
+        except InvalidContact:
+            raise ContactError(f"--url {url!r} is not an http(s) URL") from None
+    src = manual_source(source)
+    label = " ".join(label.split())
+    chain = f"party:{party.key}"
+    existing = {
+        (cp.kind, cp.value): cp
+        for cp in session.scalars(select(ContactPoint).where(ContactPoint.party_id == party.id))
+    }
+    before = existing.get((kind, normalised))
+    prov_before = (
+        None
+        if before is None
+        else next((p for p in before.provenance if p.source == src and p.url == page), None)
+    )
+    was = (
+        "added"
+        if before is None
+        else "relisted"
+        if not before.listed
+        else "source added"
+        if prov_before is None
+        else "source relisted"
+        if not prov_before.listed
+        else "unchanged"
+    )
+    if was == "unchanged":
+        change = ContactChange(party.key, kind, normalised, "unchanged")
+    else:
+        cp, _prov = _upsert(
+            session,
+            party,
+            chain,
+            existing,
+            kind=kind,
+            value=normalised,
+            label=label,
+            source=src,
+            url=page,
+            confidence=1.0,
+            evidence_sha256=None,
+            as_of=None,
+            report=None,
+            now=now,
+        )
+        change = ContactChange(party.key, kind, normalised, was)
+    cp = existing[(kind, normalised)]
+    if cp.status == "bad":
+        change.warnings.append(
+            f"this contact is marked bad ({cp.status_reason or 'no reason given'}); "
+            f"`outreach contacts mark {party.key} {normalised} --status good --reason …` "
+            "if it works again"
+        )
+    _answer_tasks(session, party, chain, kind, normalised, src, change, now)
+    session.flush()
+    return change
+
+
+def _answer_tasks(
+    session: Session,
+    party: Party,
+    chain: str,
+    kind: str,
+    value: str,
+    source: str,
+    change: ContactChange,
+    now: datetime,
+) -> None:
+    # A registry's 联系电话 may well be a mobile that the user records as sms.
+    wanted_as = "phone" if kind == "sms" else kind
+    for task in session.scalars(
+        select(LookupTask)
+        .where(LookupTask.party_id == party.id, LookupTask.state == "open")
+        .order_by(LookupTask.id)
+    ):
+        wants = dict(task.wants or {})
+        answered = list(task.answered or [])
+        if wanted_as not in wants or wanted_as in answered:
+            continue
+        answered.append(wanted_as)
+        task.answered = answered  # a new list: plain JSON columns do not track in-place edits
+        record_event(
+            session,
+            chain,
+            "task_answered",
+            {
+                "task": task.id,
+                "key": task.key,
+                "field": wants[wanted_as],
+                "kind": kind,
+                "value": value,
+                "source": source,
+            },
+            at=now,
+        )
+        change.answered.append(f"#{task.id} {wants[wanted_as]}")
+        if all(k in answered for k in wants):
+            _close_task(session, task, chain, "answered: " + ", ".join(wants.values()), now)
+            change.closed.append(f"#{task.id}")
+
+
+def _matching_contacts(
+    session: Session, party: Party, value: str, kind: str | None
+) -> list[ContactPoint]:
+    """Contact points of ``party`` whose stored value is ``value`` as typed or normalised."""
+    forms = {value.strip()}
+    for k in MANUAL_KINDS:
+        try:
+            forms.add(normalize(k, value))
+        except InvalidContact:
+            continue
+    stmt = select(ContactPoint).where(
+        ContactPoint.party_id == party.id, ContactPoint.value.in_(sorted(forms))
+    )
+    if kind is not None:
+        stmt = stmt.where(ContactPoint.kind == kind)
+    return list(session.scalars(stmt.order_by(ContactPoint.id)))
+
+
+def mark_contact(
+    session: Session,
+    party_key: str,
+    value: str,
+    status: str,
+    reason: str,
+    *,
+    kind: str | None = None,
+    at: datetime | None = None,
+) -> ContactChange:
+    """Set a contact's status (good | bad | unknown) by hand, with the reason, chained."""
+    now = at or clock.now()
+    if status not in ("good", "bad", "unknown"):
+        raise ContactError("--status must be good, bad or unknown")
+    reason = " ".join(reason.split())
+    if not reason:
+        raise ContactError("--reason must say why (it goes into the evidence)")
+    party = _find_party(session, party_key)
+    found = _matching_contacts(session, party, value, kind)
+    if not found:
+        raise ContactError(
+            f"{party.key} has no contact {value!r}"
+            + (f" of kind {kind}" if kind else "")
+            + f" (see `outreach contacts {party.key}`)"
+        )
+    if len(found) > 1:
+        kinds = ", ".join(sorted(cp.kind for cp in found))
+        raise ContactError(f"{value!r} is recorded as {kinds} for {party.key}: add --kind")
+    cp = found[0]
+    change = ContactChange(party.key, cp.kind, cp.value, "unchanged")
+    if cp.status == status:
+        return change
+    record_event(
+        session,
+        f"party:{party.key}",
+        "contact_status",
+        {"kind": cp.kind, "value": cp.value, "from": cp.status, "to": status, "reason": reason},
+        at=now,
+    )
+    cp.status = status
+    cp.status_reason = reason
+    change.change = "status"
+    session.flush()
+    return change
+
+
+def open_tasks(
+    session: Session, *, party: str | None = None, include_closed: bool = False
+) -> list[LookupTask]:
+    stmt = select(LookupTask).join(Party).order_by(LookupTask.id)
+    if not include_closed:
+        stmt = stmt.where(LookupTask.state == "open")
+    if party is not None:
+        stmt = stmt.where(Party.key == party)
+    return list(session.scalars(stmt))
+
+
+def close_task(
+    session: Session, task_id: int, reason: str, *, at: datetime | None = None
+) -> tuple[LookupTask, bool]:
+    """Close a task by hand (the report has no e-mail, the company is gone), chained.
+
+    Returns the task and whether this call closed it (False: it was closed already).
+    """
+    reason = " ".join(reason.split())
+    if not reason:
+        raise ContactError("--reason must say why the task is closed")
+    task = session.get(LookupTask, task_id)
+    if task is None:
+        raise ContactError(f"no task #{task_id} (see `outreach contacts tasks --all`)")
+    if task.state != "open":
+        return task, False
+    chain = f"party:{task.party.key}"
+    _close_task(session, task, chain, f"by hand: {reason}", at or clock.now())
+    session.flush()
+    return task, True
+
+
+# --------------------------------------------------------------------------- what changed
+
+_CHANGE = {
+    "contact_added": "added",
+    "contact_relisted": "relisted",
+    "contact_unlisted": "unlisted",
+    "provenance_added": "source added",
+    "provenance_relisted": "source relisted",
+    "provenance_unlisted": "source unlisted",
+    "contact_status": "status",
+    "contact_bad": "status",  # written by the dispatcher on the case chain
+}
+
+
+def contact_changes(
+    session: Session, *, since: datetime | None = None, party: str | None = None
+) -> list[dict[str, Any]]:
+    """Every change to contact points, oldest first, read back from the hash chains.
+
+    The chains are the record: this is the same history ``audit verify`` vouches for, not a
+    second bookkeeping that could disagree with it.
+    """
+    stmt = (
+        select(Event)
+        .where(
+            Event.kind.in_(sorted(_CHANGE)),
+            or_(Event.chain.like("party:%"), Event.kind == "contact_bad"),
+        )
+        .order_by(Event.id)
+    )
+    if since is not None:
+        stmt = stmt.where(Event.at >= format_at(since))
+    rows: list[dict[str, Any]] = []
+    for ev in session.scalars(stmt):
+        data = json.loads(ev.body)["data"]
+        owner = ev.chain.removeprefix("party:") if ev.kind != "contact_bad" else data.get("party")
+        if party is not None and owner != party:
+            continue
+        rows.append(
+            {
+                "at": ev.at,
+                "party": owner,
+                "change": _CHANGE[ev.kind],
+                "kind": data.get("kind"),
+                "value": data.get("value"),
+                "source": data.get("source") or "",
+                "detail": _detail(ev, data),
+                "chain": ev.chain,
+                "seq": ev.seq,
+            }
+        )
+    # A source that stops listing a value's last sighting says so twice (source unlisted,
+    # unlisted): keep the contact-level line.
+    whole = {
+        (r["at"], r["party"], r["kind"], r["value"]) for r in rows if r["change"] == "unlisted"
+    }
+    return [
+        r
+        for r in rows
+        if not (
+            r["change"] == "source unlisted"
+            and (r["at"], r["party"], r["kind"], r["value"]) in whole
+        )
+    ]
+
+
+def _detail(ev: Event, data: Mapping[str, Any]) -> str:
+    if ev.kind == "contact_status":
+        return f"{data.get('from')} → {data.get('to')}: {data.get('reason')}"
+    if ev.kind == "contact_bad":
+        return f"→ bad: {data.get('reason')} ({ev.chain})"
+    if ev.kind.endswith("_unlisted"):
+        return str(data.get("why") or "")
+    parts = [str(data[k]) for k in ("label", "url") if data.get(k)]
+    return " ".join(parts)
 
 
 def _jsonable(value: Any) -> Any:

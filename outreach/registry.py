@@ -33,6 +33,7 @@ _BUILTIN_SOURCES = {
     "directory": "sources.directory:DirectorySource",
     "pboc_licences": "sources.pboc_licences:PbocLicencesSource",
     "official_site": "sources.official_site:OfficialSiteSource",
+    "company_registry": "sources.company_registry:CompanyRegistrySource",
 }
 
 
