@@ -82,7 +82,7 @@ import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote, urlsplit
 
@@ -102,6 +102,7 @@ from channels.base import (
 from channels.http import make_client
 
 ACTION = "SendSms"
+QUERY_ACTION = "QuerySendDetails"
 API_VERSION = "2017-05-25"
 DEFAULT_REGION = "cn-hangzhou"
 CENTRAL_ENDPOINT = "https://dysmsapi.aliyuncs.com/"
@@ -425,6 +426,15 @@ class _Wire:
     signature: str
 
 
+@dataclass(frozen=True, slots=True)
+class StatusAnswer:
+    """A status query's answer as it came: HTTP status, exact body, secret-free transcript."""
+
+    status: int
+    body: bytes
+    transcript: dict[str, Any]
+
+
 class AliyunSmsChannel:
     """Sends approved-template SMS through Alibaba Cloud Dysmsapi ``SendSms``."""
 
@@ -524,6 +534,55 @@ class AliyunSmsChannel:
                 transcript=transcript,
             ) from None
         return self._interpret(response, transcript, now)
+
+    async def query_send_details(
+        self,
+        recipient: str,
+        send_date: date,
+        *,
+        biz_id: str | None = None,
+        page: int = 1,
+        page_size: int = 50,
+    ) -> StatusAnswer:
+        """``QuerySendDetails``: what Alibaba knows of the SMS sent to one number on one day.
+
+        Signed exactly as :meth:`send` signs ``SendSms`` (same version, same credentials), so a
+        channel that can send can also ask what became of it. ``send_date`` is the Beijing
+        calendar day of the send (only the last 30 days can be asked about); ``biz_id`` narrows
+        the answer to one send, and leaving it out lists every send to that number that day,
+        each with its ``OutId`` - how a send whose answer we never saw is found again.
+
+        A query changes nothing at Alibaba, so every transport failure is :class:`Transient`.
+        The answer comes back unparsed: reading it is the engine's job (``outreach.receipts``).
+        """
+        params: dict[str, str] = {
+            "Action": QUERY_ACTION,
+            "Version": API_VERSION,
+            "PhoneNumber": phone_numbers(recipient),
+            "SendDate": send_date.strftime("%Y%m%d"),
+            "PageSize": str(page_size),
+            "CurrentPage": str(page),
+        }
+        if biz_id:
+            params["BizId"] = biz_id
+        now = self._clock()
+        nonce = self._nonce()
+        if self.settings.signature == "v3":
+            wire = self._sign_v3(params, now, nonce)
+        else:
+            wire = self._sign_v2(params, now, nonce)
+        transcript = wire.transcript
+        try:
+            request = self._client.build_request("POST", wire.url, headers=wire.headers)
+            response = await self._client.send(request)
+        except httpx.TransportError as exc:
+            transcript["error"] = type(exc).__name__
+            raise Transient(
+                f"QuerySendDetails failed, {type(exc).__name__}: {self._scrub(exc, wire)}",
+                transcript=transcript,
+            ) from None
+        transcript["status"] = response.status_code
+        return StatusAnswer(response.status_code, response.content, transcript)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -95,6 +95,7 @@ from channels.base import (
 from channels.http import make_client
 
 ACTION = "SendSms"
+PULL_STATUS_ACTION = "PullSmsSendStatus"
 API_VERSION = "2021-01-11"
 SERVICE = "sms"
 DEFAULT_ENDPOINT = "https://sms.tencentcloudapi.com"
@@ -415,6 +416,15 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True, slots=True)
+class StatusAnswer:
+    """A status pull's answer as it came: HTTP status, exact body, secret-free transcript."""
+
+    status: int
+    body: bytes
+    transcript: dict[str, Any]
+
+
 class TencentSmsChannel:
     """Sends approved-template SMS through Tencent Cloud SMS ``SendSms`` (2021-01-11)."""
 
@@ -539,6 +549,63 @@ class TencentSmsChannel:
                 transcript=transcript,
             ) from None
         return self._interpret(response, prepared.outgoing.recipient, transcript, now)
+
+    async def pull_send_status(self, limit: int = 100) -> StatusAnswer:
+        """``PullSmsSendStatus``: delivery reports for this SdkAppId not pulled before.
+
+        Signed exactly as :meth:`send` signs ``SendSms``. Tencent hands each report out once
+        (the pull is a queue) and the API must be enabled by Tencent support. A connect
+        failure is :class:`Transient`; a failure after the request was written is
+        :class:`Unknown`, because Tencent may already have handed out - and so forgotten -
+        the reports that answer would have carried. The answer comes back unparsed: reading it
+        is the engine's job (``outreach.receipts``).
+        """
+        payload = canonical_json({"Limit": limit, "SmsSdkAppId": self.settings.sdk_app_id})
+        now = self._clock()
+        timestamp = int(now.timestamp())
+        signed_headers = {
+            "content-type": CONTENT_TYPE,
+            "host": self._host,
+            "x-tc-action": PULL_STATUS_ACTION,
+        }
+        canonical, names = canonical_request("POST", "/", "", signed_headers, payload)
+        signature = sign(
+            self._secret_key, timestamp, SERVICE, string_to_sign(timestamp, SERVICE, canonical)
+        )
+        auth = authorization(self._secret_id, timestamp, SERVICE, names, signature)
+        headers = {
+            **signed_headers,
+            "x-tc-timestamp": str(timestamp),
+            "x-tc-version": API_VERSION,
+            "x-tc-region": self.settings.region,
+            "authorization": auth,
+        }
+        transcript: dict[str, Any] = {
+            "adapter": self.adapter,
+            "method": "POST",
+            "url": self._url,
+            "request_headers": {**headers, "authorization": redact_authorization(auth)},
+        }
+        try:
+            request = self._client.build_request(
+                "POST", self._url, headers=headers, content=payload
+            )
+            response = await self._client.send(request)
+        except NOT_SENT_ERRORS as exc:
+            transcript["error"] = type(exc).__name__
+            raise Transient(
+                f"PullSmsSendStatus not sent, could not connect: {self._scrub(exc, signature)}",
+                transcript=transcript,
+            ) from None
+        except httpx.TransportError as exc:
+            transcript["error"] = type(exc).__name__
+            raise Unknown(
+                f"PullSmsSendStatus answer lost ({type(exc).__name__}); the reports it carried "
+                f"may be gone: {self._scrub(exc, signature)}",
+                transcript=transcript,
+            ) from None
+        transcript["status"] = response.status_code
+        return StatusAnswer(response.status_code, response.content, transcript)
 
     async def aclose(self) -> None:
         await self._client.aclose()
