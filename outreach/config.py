@@ -218,6 +218,15 @@ class InboundConfig(_Strict):
     poll_every: Annotated[str, Field(pattern=r"^\d+[smhd]$")] = "5m"
     ca_file: str | None = None
 
+    @model_validator(mode="after")
+    def _plain_text_only_locally(self) -> InboundConfig:
+        local = self.imap_host.lower() in ("localhost", "::1") or self.imap_host.startswith("127.")
+        if self.security == "none" and not local:
+            raise ValueError(
+                'security: "none" sends the password in plain text; use "tls" or "starttls"'
+            )
+        return self
+
 
 class ReceiptsConfig(_Strict):
     """Delivery receipts: a small HTTP endpoint and/or polling of the SMS providers."""
