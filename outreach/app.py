@@ -85,7 +85,12 @@ class App:
                 from sources.directory import load_directory
 
                 store_blob(s, load_directory().data, "application/toml")
-            return record_results(s, results, documents() if documents else (), at=at)
+            report = record_results(s, results, documents() if documents else (), at=at)
+            # A run or discover counts as fresh for the worker's discover_every.
+            from outreach.scheduler import mark_discovered
+
+            mark_discovered(s, [q.key for q, _names in queries], at or clock.now())
+            return report
 
     def plan(self, *, at: datetime | None = None, dry_run: bool = False) -> PlanReport:
         if dry_run:

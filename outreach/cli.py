@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from outreach import __version__, clock
 from outreach.app import App
 from outreach.config import ConfigError, config_path
-from outreach.ladder import describe, step_due
+from outreach.ladder import case_ladder, case_warnings, describe, step_due
 from outreach.output import emit, table
 from outreach.proof import all_chains, verify_chain
 from outreach.store import Attempt, Case, Event, Notice
@@ -387,9 +387,11 @@ def status_cmd(c: Ctx, as_json: bool) -> None:
     """Every case: its state, the ladder step it is on, and when the next one is due."""
     app = c.app()
     rows = []
+    notes: list[str] = []
     with app.sessions() as s:
         for case in s.scalars(select(Case).order_by(Case.id)):
-            plan = app.config.plans.get(case.plan)
+            ladder = case_ladder(app.config, case)  # the plan with this case's overrides
+            plan = ladder.plan if ladder else None
             total = len(plan.steps) if plan else 0
             counts = dict(
                 s.execute(
@@ -405,6 +407,8 @@ def status_cmd(c: Ctx, as_json: bool) -> None:
                 nxt = "-"
             else:
                 nxt = f"ladder done ({total} steps); waiting for an answer"
+            warnings = case_warnings(s, app.config, case)
+            notes += [f"warning: {case.reference}: {w}" for w in warnings]
             rows.append(
                 {
                     "case": case.reference,
@@ -415,9 +419,13 @@ def status_cmd(c: Ctx, as_json: bool) -> None:
                     "steps_done": f"{case.next_step}/{total}",
                     "next": nxt,
                     "attempts": ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "-",
+                    **({"warnings": warnings} if as_json else {}),
                 }
             )
     emit(rows, as_json=as_json)
+    if not as_json:
+        for note in notes:
+            click.echo(note)
 
 
 # ---------------------------------------------------------------------------- audit

@@ -166,6 +166,29 @@ class PlanConfig(_Strict):
     reply_days: int = Field(default=10, ge=1, le=90)  # deadline of the last step
 
 
+class StepOverrideConfig(_Strict):
+    """One case's change to one step of its plan (``[[cases.steps_override]]``).
+
+    ``step`` counts from 1 as users do; any other key replaces the plan's value for this
+    case only, and ``skip = true`` passes the step over when it falls due.
+    """
+
+    step: int = Field(ge=1)
+    skip: bool = False
+    after: int | None = Field(default=None, ge=0, le=365)
+    since: Literal["previous", "opening"] | None = None
+    to: str | None = Field(default=None, min_length=1)
+    via: list[Literal["email", "sms", "webhook", "postal", "phone"]] | None = Field(
+        default=None, min_length=1
+    )
+    mode: Literal["all", "first"] | None = None
+    template: (
+        Literal["cancellation_request", "reminder", "complaint_acquirer", "complaint_regulator"]
+        | None
+    ) = None
+    channels: dict[str, str] | None = None
+
+
 class CaseConfig(_Strict):
     key: Key
     merchant: Key
@@ -176,6 +199,7 @@ class CaseConfig(_Strict):
     language: Literal["zh-CN", "en"] = "zh-CN"
     statement: str | None = None  # the request in the merchant's own words
     deposit: str | None = None  # for refund_deposit, e.g. "299.00"
+    steps_override: list[StepOverrideConfig] = Field(default_factory=list)
 
     @field_validator("deposit")
     @classmethod
@@ -187,8 +211,29 @@ class CaseConfig(_Strict):
 
 class ScheduleConfig(_Strict):
     interval: Annotated[str, Field(pattern=r"^\d+[smhd]$")] | None = "15m"
-    cron: str | None = None
-    timezone: str = "Asia/Shanghai"
+    cron: str | None = None  # wins over interval when set
+    timezone: str = "Asia/Shanghai"  # the zone cron is read in
+    discover_every: Annotated[str, Field(pattern=r"^\d+[smhd]$")] = "1d"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        from croniter import croniter
+
+        if v is not None and not croniter.is_valid(v):
+            raise ValueError('expected a cron expression such as "*/15 8-20 * * 1-6"')
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError('expected an IANA time zone such as "Asia/Shanghai"') from None
+        return v
 
 
 class DispatchConfig(_Strict):
@@ -414,6 +459,35 @@ def _cross_check(cfg: Config, channel_kinds: Mapping[str, frozenset[str]]) -> li
             )
         if c.goal == "refund_deposit" and c.deposit is None:
             problems.append((f"{where}.deposit", "a refund_deposit case needs the deposit amount"))
+        problems += _check_overrides(cfg, c, where, configured_kinds)
+    return problems
+
+
+def _check_overrides(
+    cfg: Config, c: CaseConfig, where: str, configured_kinds: set[str]
+) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    plan = cfg.plans.get(c.plan)
+    seen: set[int] = set()
+    for j, o in enumerate(c.steps_override):
+        at = f"{where}.steps_override[{j}]"
+        if plan is not None and o.step > len(plan.steps):
+            problems.append(
+                (f"{at}.step", f"plan {c.plan!r} has {len(plan.steps)} steps (counted from 1)")
+            )
+        if o.step in seen:
+            problems.append((f"{at}.step", f"step {o.step} is overridden twice for this case"))
+        seen.add(o.step)
+        if o.to is not None and o.to not in ROLES and o.to not in cfg.parties:
+            problems.append(
+                (f"{at}.to", f"{o.to!r} is neither a role ({', '.join(ROLES)}) nor a party key")
+            )
+        for kind in o.via or ():
+            if kind not in configured_kinds:
+                problems.append((f"{at}.via", f"no configured channel can send {kind!r}"))
+        for via_kind, chan in (o.channels or {}).items():
+            if chan not in cfg.channels:
+                problems.append((f"{at}.channels.{via_kind}", f"no channel {chan!r} in [channels]"))
     return problems
 
 

@@ -13,6 +13,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 import migrations
@@ -33,9 +34,21 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+# pg_advisory_xact_lock key for migrations: "migrate" in ASCII.
+MIGRATION_LOCK_KEY = 0x6D696772617465
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate in one transaction. On PostgreSQL, workers started together on a new
+    database take turns (an advisory lock), and the ones that waited find nothing to do."""
     cfg = _alembic_config()
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            if revision == "head" and (
+                MigrationContext.configure(conn).get_current_revision() == head_revision()
+            ):
+                return
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 

@@ -400,7 +400,10 @@ def _config(tmp_path: Path, provider: str) -> Path:
     rest = "".join(t for p, t in CHANNEL_TABLES.items() if p != provider)
     text = text.replace("[channels.outbox]", first + "\n[channels.outbox]", 1)
     text = text.replace("[plans.standard]", rest + "\n[plans.standard]", 1)
-    text += SECOND_CASE + f'\n[receipts]\npublic_url = "{PUBLIC_URL}"\nlisten = "127.0.0.1:0"\n'
+    text = text.replace(
+        'listen = "127.0.0.1:8025"', f'listen = "127.0.0.1:0"\npublic_url = "{PUBLIC_URL}"', 1
+    )
+    text += SECOND_CASE
     path = tmp_path / "outreach.toml"
     path.write_text(text, encoding="utf-8")
     return path
