@@ -22,7 +22,7 @@ from outreach.app import App
 from outreach.config import ConfigError, config_path
 from outreach.ladder import case_ladder, case_warnings, describe, step_due
 from outreach.output import emit, table
-from outreach.proof import all_chains, verify_chain
+from outreach.proof import verify_chains
 from outreach.store import Attempt, Case, Event, Notice
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -514,22 +514,18 @@ def _summary(e: Event) -> str:
 @json_option
 @click.pass_obj
 def audit_verify(c: Ctx, case_ref: str | None, as_json: bool) -> None:
-    """Recompute every hash chain; exit 1 naming the first broken event."""
-    app = c.app()
-    with app.sessions() as s:
-        chains = [_case_chain(app, case_ref)[1]] if case_ref else all_chains(s)
-        reports = [verify_chain(s, name) for name in chains]
-        if case_ref is None:
-            from outreach.anchor import verify_anchors
+    """Recompute every hash chain and timestamp anchor; exit 1 naming the first problem."""
+    from outreach.anchor import verify_anchors
 
-            ca = app.config.proof.tsa_ca_file
-            roots = app.config.resolve_path(ca).read_bytes() if ca else None
-            anchors = verify_anchors(s, roots)
-        else:
-            anchors = None
+    app = c.app()
+    ca = app.config.proof.tsa_ca_file
+    roots = app.config.resolve_path(ca).read_bytes() if ca else None
+    with app.sessions() as s:
+        chains = [_case_chain(app, case_ref)[1]] if case_ref else None
+        reports = verify_chains(s, chains)
+        anchors = verify_anchors(s, roots, chains=chains)
     problems: list[Any] = [r.problem for r in reports if r.problem is not None]
-    if anchors is not None:
-        problems += anchors.problems
+    problems += anchors.problems
     total = sum(r.events for r in reports)
     if as_json:
         emit(
@@ -548,17 +544,16 @@ def audit_verify(c: Ctx, case_ref: str | None, as_json: bool) -> None:
         for p in problems:
             click.echo(f"BROKEN {p}")
     else:
-        anchored = (
-            f"; {anchors.anchors} timestamp anchors checked" if anchors and anchors.anchors else ""
-        )
+        anchored = f"; {anchors.anchors} timestamp anchors checked" if anchors.anchors else ""
         click.echo(f"OK: {len(reports)} chains, {total} events, every hash recomputed{anchored}")
-    if anchors is not None and not as_json:
-        for note in anchors.notes:
-            click.echo(f"note: {note}")
+    if not as_json:
         if anchors.failed_anchors:
             click.echo(
-                f"note: {anchors.failed_anchors} anchoring attempt(s) failed (TSA unreachable); later anchors cover those heads"
+                f"note: {anchors.failed_anchors} anchoring attempt(s) failed (TSA unreachable); "
+                "a later successful anchor covers those heads"
             )
+        for note in anchors.notes:
+            click.echo(f"note: {note}")
     if problems:
         sys.exit(1)
 
