@@ -502,6 +502,8 @@ def _summary(e: Event) -> str:
         "reason",
         "provider_id",
         "reference",
+        "tracking",
+        "outcome",
     )
     parts = [
         f"{k}={data[k]}" for k in keys if isinstance(data, dict) and data.get(k) not in (None, "")

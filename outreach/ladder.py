@@ -298,7 +298,9 @@ def _previous(session: Session, case: Case, language: str) -> list[dict[str, str
         .join(Party, Notice.party_id == Party.id)
         .where(
             Notice.case_id == case.id,
-            Attempt.state.in_(("sent", "delivered", "pending", "unknown")),
+            # Only what left us: a letter waiting for its tracking number or a call not yet
+            # made ("pending") must never be cited to the next recipient as already sent.
+            Attempt.state.in_(("sent", "delivered", "undelivered", "bounced", "unknown")),
         )
         .order_by(Attempt.created_at, Attempt.id)
     ).all()

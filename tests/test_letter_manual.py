@@ -574,3 +574,33 @@ def test_no_answer_keeps_the_call_pending_then_gives_up(world: World) -> None:
 def test_help(args: list[str]) -> None:
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_pending_letter_is_not_cited_as_sent(example_config: Path) -> None:
+    """A letter still waiting for its tracking number must not appear as 'sent' in the next notice."""
+    from datetime import UTC, datetime
+
+    from outreach.app import App
+    from outreach.ladder import _previous
+    from outreach.store import Attempt, Case
+
+    app = App.open(example_config)
+    try:
+        app.sync()
+        app.discover()
+        app.plan()
+        with app.sessions.begin() as s:
+            for a in s.query(Attempt):
+                a.state = "pending"
+                a.updated_at = datetime(2026, 11, 23, tzinfo=UTC)
+        with app.sessions() as s:
+            case = s.query(Case).one()
+            assert _previous(s, case, "zh-CN") == []
+        with app.sessions.begin() as s:
+            s.query(Attempt).filter(Attempt.kind == "email").update({"state": "sent"})
+        with app.sessions() as s:
+            case = s.query(Case).one()
+            cited = _previous(s, case, "zh-CN")
+        assert [c["via"] for c in cited] == ["电子邮件"]
+    finally:
+        app.close()
