@@ -5,31 +5,67 @@ Order of operations, and why:
 
 1. **Claim** (one short transaction per batch): due attempts are leased to this worker
    (PostgreSQL: ``FOR UPDATE SKIP LOCKED``; SQLite: the single writer lock), the payload is
-   prepared, stored as a blob and a ``try_started`` event chained *before* anything leaves.
+   prepared, stored as a blob and a ``try_started`` event chained, and all of it committed
+   *before* anything leaves.
 2. **Send** outside any transaction, under per-channel concurrency; transient errors retry
-   in place with tenacity (jittered back-off, Retry-After honoured), each retry chained.
+   in place with tenacity (jittered back-off, Retry-After honoured), each retry chained and
+   committed before the next try goes out.
 3. **Record** outcomes through one writer task that commits whatever has finished as one
-   transaction (group commit): durable proof without a commit per message.
+   transaction (group commit): durable proof without a commit per message. A send is counted
+   in the :class:`DispatchReport` only after its outcome is committed.
 
-A crash between 2 and 3 leaves a ``try_started`` with no outcome and an expired lease;
-:meth:`Dispatcher.recover` chains ``unknown`` for it and re-queues it, and the re-send uses
-the same idempotency key (Message-ID, OutId), so a duplicate on the far side is visible and
-attributable to that ``unknown``. Nothing is reported as sent before its outcome is committed.
+A crash between 2 and 3 leaves a ``try_started`` with no outcome and, once nobody renews it,
+an expired lease; :meth:`Dispatcher.recover` chains ``unknown`` for it and re-queues it, and the
+re-send uses the same idempotency key (Message-ID, OutId), so a duplicate on the far side is
+visible and attributable to that ``unknown``. A stop (SIGINT/SIGTERM through
+:meth:`Dispatcher.request_stop`) lets in-flight sends finish and releases what was claimed but
+not sent, each with a ``released`` event.
+
+How it stays fast without weakening that order:
+
+- **Pipelined.** The next batch is claimed while the previous ones are still sending, so a
+  gateway's connections never wait for the database; all database work runs on one thread of
+  its own, so the event loop keeps serving sockets while a transaction waits on the disk or on
+  PostgreSQL. The first try of a send goes straight to the channel; tenacity takes over from
+  the first transient failure (its machinery costs more than a small gateway request).
+- **Set-wise SQL.** A claim is one joined SELECT for the whole batch, one INSERT per table
+  (executemany) and one UPDATE per kind of change; no ORM objects, no query per attempt. Events
+  are chained in bulk by :func:`append_events`, which produces exactly what
+  :func:`outreach.proof.record_event` would (same body, same hash), one lock statement and one
+  insert per batch instead of a lock, an insert and an update per event.
+- **Checks only where they apply.** Per-recipient caps cost a query only for channels that
+  have caps.
+
+Locks are always taken in one order - attempt rows, then per-recipient advisory locks (sorted),
+then blob rows (sorted), then chain heads (sorted), then contact points - so two workers (or a
+worker and its own writer) can wait for each other but never in a cycle. Blobs are inserted
+with ON CONFLICT DO NOTHING: two workers storing the same gateway reply must not collide.
+
+A worker whose lease passed to another worker's recovery (it stalled longer than
+``lease_seconds``; leases of in-flight sends are renewed every third of that) still chains
+what it saw, marked ``late``, but leaves the attempt's state to its new owner.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+import random
 import socket
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import or_, select
+from sqlalchemy import Table, bindparam, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.dml import Insert
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from channels.base import (
@@ -43,14 +79,37 @@ from channels.base import (
     Unknown,
 )
 from outreach import clock
-from outreach.proof import record_event, store_blob
-from outreach.ratelimit import next_allowed
-from outreach.retry import Backoff
-from outreach.store import Attempt, Case, ContactPoint, Notice, Party, Send
+from outreach.proof import GENESIS, event_body, event_hash, format_at
+from outreach.ratelimit import (
+    channel_usage,
+    channel_wait,
+    earliest_allowed,
+    limited_channels,
+    lock_recipients,
+    longest_window,
+    recent_sends,
+)
+from outreach.retry import Backoff, db_retryable
+from outreach.store import (
+    Attempt,
+    Base,
+    Blob,
+    Case,
+    Chain,
+    ContactPoint,
+    Event,
+    Notice,
+    Party,
+    Send,
+)
 
 log = logging.getLogger("outreach.dispatch")
 
 DUE_STATES = ("queued", "retry", "unknown")
+_IN_CHUNK = 500  # ids per IN (...) list
+_DB_TRIES = 5  # runs of one transaction that hit a deadlock or a busy database
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -88,9 +147,13 @@ class DispatchPolicy:
     lease_seconds: float = 120.0
     batch: int = 200
     backoff: Backoff = field(default_factory=Backoff)
+    # How long the writer lets outcomes gather before one commit records them all: a longer
+    # linger means fewer, larger transactions, a shorter one a smaller crash window (sent but
+    # not yet recorded, hence re-sent after recovery as a visible duplicate).
+    linger_seconds: float = 0.05
 
 
-@dataclass
+@dataclass(slots=True)
 class _Job:
     attempt_id: int
     case_id: int
@@ -100,9 +163,11 @@ class _Job:
     prepared: Prepared
     try_number: int
     claims: int
+    lease_until: datetime | None = None
+    tries: int = 0  # sends of this claim so far
 
 
-@dataclass
+@dataclass(slots=True)
 class _Outcome:
     job: _Job
     state: str  # sent | pending | failed | unknown | retry | released
@@ -110,13 +175,35 @@ class _Outcome:
     error: Exception | None = None
     at: datetime = field(default_factory=clock.now)
     tries: int = 1
+    reason: str | None = None  # why a job was released
 
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def case_chain(reference: str) -> str:
+    """The chain of a case, as :attr:`outreach.store.Case.chain` names it (without loading it)."""
+    return f"case:{reference}"
+
+
 def _jsonable(value: Any) -> Any:
+    """A transcript as event data: only str, int, bool, None, lists and objects (floats as
+    their repr, so every verifier reads the same text). Exact builtin types are tested first,
+    leaves without a call: this runs over every transcript of every send."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is dict:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            vk = type(v)
+            out[k if type(k) is str else str(k)] = (
+                v if vk is str or vk is int or vk is bool or v is None else _jsonable(v)
+            )
+        return out
+    if kind is list or kind is tuple:
+        return [_jsonable(v) for v in value]
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -125,9 +212,250 @@ def _jsonable(value: Any) -> Any:
         return repr(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    if isinstance(value, str | int | bool) or value is None:
+    if isinstance(value, str | int | bool):
         return value
     return str(value)
+
+
+def _chunks(items: Sequence[T], size: int = _IN_CHUNK) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _table(model: type[Base]) -> Table:
+    """The Core table of a model, typed as one (``Model.__table__`` is typed loosely)."""
+    return model.metadata.tables[str(model.__tablename__)]
+
+
+def _is_pg(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+_IGNORING: dict[tuple[str, str], Insert] = {}
+
+
+def _insert_ignoring_conflicts(session: Session, table: Table) -> Insert:
+    """INSERT that leaves an existing row with the same key alone (both engines). Built once
+    per table and dialect: constructing ON CONFLICT clauses is not cheap."""
+    dialect = session.get_bind().dialect.name
+    stmt = _IGNORING.get((dialect, table.name))
+    if stmt is None:
+        if dialect == "postgresql":
+            stmt = postgresql.insert(table).on_conflict_do_nothing()
+        elif dialect == "sqlite":
+            stmt = sqlite.insert(table).on_conflict_do_nothing()
+        else:
+            stmt = insert(table)
+        _IGNORING[(dialect, table.name)] = stmt
+    return stmt
+
+
+# ---------------------------------------------------------------------- chained writes, in bulk
+
+
+@dataclass(slots=True)
+class _NewEvent:
+    chain: str
+    kind: str
+    data: dict[str, Any]
+    case_id: int | None
+    attempt_id: int | None
+    at: datetime
+
+
+def append_events(session: Session, events: Sequence[_NewEvent], now: datetime) -> None:
+    """Chain ``events`` (in list order within each chain) inside the caller's transaction.
+
+    Byte for byte what :func:`outreach.proof.record_event` writes - it uses the same
+    ``event_body``/``event_hash`` - but set-wise: the heads of all chains involved are locked
+    in one statement (sorted, so two writers cannot deadlock on them), the events inserted in
+    one executemany and the heads moved in another. A chain without a head yet gets one first,
+    as ``record_event`` would create it.
+    """
+    if not events:
+        return
+    names = sorted({e.chain for e in events})
+    heads = _lock_heads(session, names)
+    missing = [n for n in names if n not in heads]
+    if missing:
+        session.execute(
+            _insert_ignoring_conflicts(session, _table(Chain)),
+            [{"name": n, "head_seq": 0, "head_hash": GENESIS, "updated_at": now} for n in missing],
+        )
+        heads.update(_lock_heads(session, missing))
+    rows: list[dict[str, Any]] = []
+    for e in events:
+        seq, prev = heads[e.chain]
+        seq += 1
+        stamp = format_at(e.at)
+        body = event_body(e.chain, seq, stamp, e.kind, e.data)
+        digest = event_hash(prev, body)
+        rows.append(
+            {
+                "chain": e.chain,
+                "seq": seq,
+                "at": stamp,
+                "kind": e.kind,
+                "case_id": e.case_id,
+                "attempt_id": e.attempt_id,
+                "body": body.decode("utf-8"),
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
+        heads[e.chain] = (seq, digest)
+    session.execute(insert(_table(Event)), rows)
+    table = _table(Chain)
+    session.execute(
+        update(table)
+        .where(table.c.name == bindparam("b_name"))
+        .values(
+            head_seq=bindparam("b_seq"), head_hash=bindparam("b_hash"), updated_at=bindparam("b_at")
+        ),
+        [{"b_name": n, "b_seq": heads[n][0], "b_hash": heads[n][1], "b_at": now} for n in names],
+    )
+
+
+def _lock_heads(session: Session, names: Sequence[str]) -> dict[str, tuple[int, str]]:
+    pg = _is_pg(session)
+    heads: dict[str, tuple[int, str]] = {}
+    for chunk in _chunks(sorted(names)):
+        stmt = (
+            select(Chain.name, Chain.head_seq, Chain.head_hash)
+            .where(Chain.name.in_(chunk))
+            .order_by(Chain.name)
+        )
+        if pg:
+            stmt = stmt.with_for_update()
+        for name, seq, digest in session.execute(stmt):
+            heads[name] = (seq, digest)
+    return heads
+
+
+def store_blobs(session: Session, blobs: Mapping[str, tuple[bytes, str]], now: datetime) -> None:
+    """Store content-addressed bytes (sha256 -> (data, media type)), like
+    :func:`outreach.proof.store_blob` but in one statement, and safe when another worker
+    stores the same bytes at the same moment (ON CONFLICT DO NOTHING). Sorted, for the lock
+    order."""
+    if not blobs:
+        return
+    session.execute(
+        _insert_ignoring_conflicts(session, _table(Blob)),
+        [
+            {
+                "sha256": sha,
+                "size": len(blobs[sha][0]),
+                "media_type": blobs[sha][1],
+                "data": blobs[sha][0],
+                "created_at": now,
+            }
+            for sha in sorted(blobs)
+        ],
+    )
+
+
+@dataclass(slots=True)
+class _Writes:
+    """What one transaction will chain and store, written in lock order by :meth:`flush`."""
+
+    now: datetime
+    blobs: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    events: list[_NewEvent] = field(default_factory=list)
+
+    def blob(self, data: bytes, media_type: str) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        self.blobs.setdefault(digest, (data, media_type))
+        return digest
+
+    def event(
+        self,
+        chain: str,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        case_id: int | None,
+        attempt_id: int | None,
+        at: datetime | None = None,
+    ) -> None:
+        self.events.append(_NewEvent(chain, kind, data, case_id, attempt_id, at or self.now))
+
+    def flush(self, session: Session) -> None:
+        store_blobs(session, self.blobs, self.now)
+        append_events(session, self.events, self.now)
+
+
+def _update_attempts(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """UPDATE attempts by id, one executemany per set of changed columns."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(sorted(k for k in row if k != "id")), []).append(row)
+    table = _table(Attempt)
+    for columns, group in groups.items():
+        stmt = (
+            update(table)
+            .where(table.c.id == bindparam("b_id"))
+            .values({c: bindparam(f"b_{c}") for c in columns})
+        )
+        session.execute(stmt, [{f"b_{k}": v for k, v in row.items()} for row in group])
+
+
+# ---------------------------------------------------------------------- rate limits
+
+
+class _Gate:
+    """The caps of one claim: send history read once (under the advisory locks), then updated
+    in memory as the claim admits sends, so two attempts to one number in the same batch are
+    counted against each other."""
+
+    def __init__(self, limits: Mapping[str, Sequence[RateLimit]], now: datetime) -> None:
+        self.limits = limits
+        self.now = now
+        self.history: dict[tuple[str, str], list[datetime]] = {}
+        self.channel_use: dict[str, list[tuple[RateLimit, int, datetime | None]]] = {}
+
+    def load(self, session: Session, rows: Sequence[Any]) -> None:
+        by_channel: dict[str, set[str]] = {}
+        for r in rows:
+            by_channel.setdefault(r.channel, set()).add(r.recipient)
+        keys: set[tuple[str, str]] = set()
+        for channel, recipients in by_channel.items():
+            caps = self.limits[channel]
+            if longest_window(caps, "recipient") is not None:
+                keys.update((channel, r) for r in recipients)
+            if longest_window(caps, "channel") is not None:
+                keys.add((channel, "*"))
+        lock_recipients(session, keys)
+        for channel, recipients in by_channel.items():
+            caps = self.limits[channel]
+            longest = longest_window(caps, "recipient")
+            if longest is not None:
+                since = self.now - timedelta(seconds=longest)
+                for recipient, times in recent_sends(session, channel, recipients, since).items():
+                    self.history[(channel, recipient)] = times
+            for cap in caps:
+                if cap.scope == "channel":
+                    since = self.now - timedelta(seconds=cap.per_seconds)
+                    used, oldest = channel_usage(session, channel, since)
+                    self.channel_use.setdefault(channel, []).append((cap, used, oldest))
+
+    def wait_until(self, channel: str, recipient: str) -> datetime | None:
+        caps = self.limits[channel]
+        found = earliest_allowed(self.history.get((channel, recipient), []), caps, self.now)
+        for cap, used, oldest in self.channel_use.get(channel, ()):
+            later = channel_wait(used, oldest, [cap], self.now)
+            if later is not None and (found is None or later > found):
+                found = later
+        return found
+
+    def admit(self, channel: str, recipient: str) -> None:
+        self.history.setdefault((channel, recipient), []).append(self.now)
+        self.channel_use[channel] = [
+            (cap, used + 1, oldest or self.now)
+            for cap, used, oldest in self.channel_use.get(channel, ())
+        ]
+
+
+# ---------------------------------------------------------------------- the dispatcher
 
 
 class Dispatcher:
@@ -148,14 +476,20 @@ class Dispatcher:
         self.channels = channels
         self.policy = policy
         self.owner = owner or worker_id()
-        self.limits = dict(limits or {})
+        self.limits = {name: list(caps) for name, caps in (limits or {}).items() if caps}
+        self._limited = limited_channels(self.limits)
         self.sender_name = sender_name
         self.now = now
         self.sleep = sleep
-        self._sem = {
-            name: asyncio.Semaphore((concurrency or {}).get(name, 20)) for name in channels
-        }
+        self._concurrency = {name: (concurrency or {}).get(name, 20) for name in channels}
+        self._sem = self._semaphores()
         self._stopping = False
+        self._broken = False  # outcomes could not be recorded: stop claiming more
+        self._pool: ThreadPoolExecutor | None = None
+        self._live: dict[int, _Job] = {}  # claimed and not yet recorded: their leases are renewed
+
+    def _semaphores(self) -> dict[str, asyncio.Semaphore]:
+        return {name: asyncio.Semaphore(n) for name, n in self._concurrency.items()}
 
     def request_stop(self) -> None:
         """Stop claiming; in-flight sends finish, claimed-but-unsent attempts are released."""
@@ -165,419 +499,720 @@ class Dispatcher:
     def stopping(self) -> bool:
         return self._stopping
 
+    # ------------------------------------------------------------------ plumbing
+
+    def _transaction(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in one transaction; run it again after a deadlock or a busy database.
+
+        Everything ``work`` does is inside the transaction (a retry starts from scratch), so
+        this is safe for claims and outcome records alike.
+        """
+        for run in range(1, _DB_TRIES + 1):
+            try:
+                with self.sessions.begin() as s:
+                    return work(s)
+            except DBAPIError as exc:
+                if run == _DB_TRIES or not db_retryable(exc):
+                    raise
+                log.warning("transaction rolled back (%s); running it again", exc.orig)
+                time.sleep(random.uniform(0.005, 0.05) * run)  # on the DB thread
+        raise AssertionError("unreachable")
+
+    async def _in_db(self, fn: Callable[..., T], *args: Any) -> T:
+        """Database work goes to the dispatcher's own thread while :meth:`run_once` runs."""
+        if self._pool is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def _ours(self, row: Any, job: _Job) -> bool:
+        return bool(
+            row is not None
+            and row.state == "sending"
+            and row.lease_owner == self.owner
+            and row.claims == job.claims
+        )
+
     # ------------------------------------------------------------------ recovery
 
     def recover(self) -> int:
         """Chain ``unknown`` for every try whose worker died mid-send, and re-queue it."""
+        total = 0
+        while True:
+            count = self._transaction(self._recover_some)
+            total += count
+            if count < self.policy.batch:
+                return total
+
+    def _recover_some(self, s: Session) -> int:
         now = self.now()
-        count = 0
-        with self.sessions.begin() as s:
-            stuck = s.scalars(
-                self._lock(
-                    select(Attempt).where(
-                        Attempt.state == "sending", Attempt.lease_expires_at < now
-                    )
-                )
-            ).all()
-            for a in stuck:
-                case = self._case_of(s, a)
-                record_event(
-                    s,
-                    case.chain,
-                    "unknown",
-                    {
-                        "attempt": a.id,
-                        "try": a.tries,
-                        "reason": "interrupted: the try started but no outcome was recorded (worker stopped or crashed)",
-                        "lease_owner": a.lease_owner,
-                        "idempotency_key": a.idempotency_key,
-                        "message_id": a.message_id,
-                    },
-                    case_id=case.id,
-                    attempt_id=a.id,
-                    at=now,
-                )
-                a.state = "unknown"
-                a.lease_owner = None
-                a.lease_expires_at = None
-                a.next_try_at = now
-                a.updated_at = now
-                count += 1
-        return count
+        stmt = (
+            select(
+                Attempt.id,
+                Attempt.tries,
+                Attempt.lease_owner,
+                Attempt.idempotency_key,
+                Attempt.message_id,
+                Notice.case_id,
+                Case.reference,
+            )
+            .join(Notice, Notice.id == Attempt.notice_id)
+            .join(Case, Case.id == Notice.case_id)
+            .where(Attempt.state == "sending", Attempt.lease_expires_at < now)
+            .order_by(Attempt.id)
+            .limit(self.policy.batch)
+        )
+        if _is_pg(s):
+            stmt = stmt.with_for_update(of=Attempt, skip_locked=True)
+        rows = s.execute(stmt).all()
+        if not rows:
+            return 0
+        writes = _Writes(now)
+        for r in rows:
+            writes.event(
+                case_chain(r.reference),
+                "unknown",
+                {
+                    "attempt": r.id,
+                    "try": r.tries,
+                    "reason": "interrupted: the try started but no outcome was recorded (worker stopped or crashed)",
+                    "lease_owner": r.lease_owner,
+                    "idempotency_key": r.idempotency_key,
+                    "message_id": r.message_id,
+                },
+                case_id=r.case_id,
+                attempt_id=r.id,
+            )
+        writes.flush(s)
+        _update_attempts(
+            s,
+            [
+                {
+                    "id": r.id,
+                    "state": "unknown",
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                    "next_try_at": now,
+                    "updated_at": now,
+                }
+                for r in rows
+            ],
+        )
+        return len(rows)
 
     # ------------------------------------------------------------------ claim
 
-    def _lock(self, stmt: Any) -> Any:
-        bind = self.sessions.kw.get("bind")
-        if bind is not None and bind.dialect.name == "postgresql":
-            return stmt.with_for_update(skip_locked=True)
+    def _due(self, now: datetime, pg: bool) -> Any:
+        stmt = (
+            select(
+                Attempt.id,
+                Attempt.channel,
+                Attempt.kind,
+                Attempt.recipient,
+                Attempt.contact_point_id,
+                Attempt.idempotency_key,
+                Attempt.tries,
+                Attempt.claims,
+                Attempt.created_at,
+                Attempt.payload_sha256,
+                Notice.case_id,
+                Notice.party_id,
+                Notice.step,
+                Notice.subject,
+                Notice.body,
+                Notice.html,
+                Notice.sms_params,
+                Notice.template,
+                Notice.language,
+                Case.reference,
+                Party.name.label("party_name"),
+                Party.legal_name,
+            )
+            .join(Notice, Notice.id == Attempt.notice_id)
+            .join(Case, Case.id == Notice.case_id)
+            .join(Party, Party.id == Notice.party_id)
+            .where(
+                Attempt.state.in_(DUE_STATES),
+                Attempt.next_try_at <= now,
+                Attempt.channel.in_(sorted(self.channels)),
+                or_(Attempt.lease_expires_at.is_(None), Attempt.lease_expires_at < now),
+            )
+            .order_by(Attempt.next_try_at, Attempt.id)
+            .limit(self.policy.batch)
+        )
+        if pg:
+            stmt = stmt.with_for_update(of=Attempt, skip_locked=True)
         return stmt
 
     @staticmethod
-    def _case_of(s: Session, a: Attempt) -> Case:
-        notice = s.get(Notice, a.notice_id)
-        assert notice is not None
-        case = s.get(Case, notice.case_id)
-        assert case is not None
-        return case
-
-    def _outgoing(self, s: Session, a: Attempt) -> tuple[Outgoing, Case]:
-        notice = s.get(Notice, a.notice_id)
-        assert notice is not None
-        case = s.get(Case, notice.case_id)
-        party = s.get(Party, notice.party_id)
-        assert case is not None and party is not None
-        earlier = s.scalars(
-            select(Attempt.message_id)
-            .join(Notice, Attempt.notice_id == Notice.id)
-            .where(
-                Notice.case_id == case.id,
-                Notice.party_id == party.id,
-                Notice.step < notice.step,
-                Attempt.kind == "email",
-                Attempt.message_id.is_not(None),
+    def _earlier_message_ids(
+        s: Session, rows: Sequence[Any]
+    ) -> dict[tuple[int, int], list[tuple[int, str]]]:
+        """Message-IDs of earlier steps' e-mails per (case, party), for In-Reply-To/References:
+        one query for the batch, and none when every e-mail in it is a first step."""
+        cases = sorted({r.case_id for r in rows if r.kind == "email" and r.step > 0})
+        found: dict[tuple[int, int], list[tuple[int, str]]] = {}
+        for chunk in _chunks(cases):
+            q = (
+                select(Notice.case_id, Notice.party_id, Notice.step, Attempt.message_id)
+                .join(Notice, Attempt.notice_id == Notice.id)
+                .where(
+                    Notice.case_id.in_(chunk),
+                    Attempt.kind == "email",
+                    Attempt.message_id.is_not(None),
+                )
+                .order_by(Attempt.id)
             )
-            .order_by(Attempt.id)
-        ).all()
-        out = Outgoing(
-            channel=a.channel,
-            kind=a.kind,
-            recipient=a.recipient,
-            recipient_name=party.legal_name or party.name,
-            subject=notice.subject,
-            body=notice.body,
-            reference=case.reference,
-            idempotency_key=a.idempotency_key,
-            notice_kind=notice.template,
-            language=notice.language,
-            created_at=a.created_at,
-            html=notice.html,
-            params=dict(notice.sms_params or {}),
-            in_reply_to=tuple(m for m in earlier if m),
-            sender_name=self.sender_name,
-        )
-        return out, case
+            for case_id, party_id, step, mid in s.execute(q):
+                if mid:
+                    found.setdefault((case_id, party_id), []).append((step, mid))
+        return found
 
     def claim(self, report: DispatchReport) -> list[_Job]:
         """Lease a batch of due attempts and chain ``try_started`` for each, in one transaction."""
-        now = self.now()
-        jobs: list[_Job] = []
-        with self.sessions.begin() as s:
-            due = s.scalars(
-                self._lock(
-                    select(Attempt)
-                    .where(
-                        Attempt.state.in_(DUE_STATES),
-                        Attempt.next_try_at <= now,
-                        Attempt.channel.in_(list(self.channels)),
-                        or_(Attempt.lease_expires_at.is_(None), Attempt.lease_expires_at < now),
-                    )
-                    .order_by(Attempt.next_try_at, Attempt.id)
-                    .limit(self.policy.batch)
-                )
-            ).all()
-            for a in due:
-                out, case = self._outgoing(s, a)
-                limits = self.limits.get(a.channel, ())
-                if limits:
-                    allowed = next_allowed(s, a.channel, a.recipient, limits, now)
-                    if allowed is not None:
-                        a.next_try_at = allowed
-                        a.updated_at = now
-                        record_event(
-                            s,
-                            case.chain,
-                            "deferred",
-                            {
-                                "attempt": a.id,
-                                "reason": "per-recipient rate limit",
-                                "until": allowed.isoformat(),
-                            },
-                            case_id=case.id,
-                            attempt_id=a.id,
-                            at=now,
-                        )
-                        report.deferred += 1
-                        continue
-                channel = self.channels[a.channel]
-                try:
-                    prepared = channel.prepare(out)
-                except Permanent as exc:
-                    a.state = "failed"
-                    a.last_error = exc.detail
-                    a.updated_at = now
-                    record_event(
-                        s,
-                        case.chain,
-                        "failed",
-                        {
-                            "attempt": a.id,
-                            "stage": "prepare",
-                            "error": exc.detail,
-                            "code": exc.code,
-                        },
-                        case_id=case.id,
-                        attempt_id=a.id,
-                        at=now,
-                    )
-                    report.failed += 1
-                    continue
-                payload_sha = store_blob(s, prepared.payload, prepared.media_type)
-                a.state = "sending"
-                a.lease_owner = self.owner
-                a.lease_expires_at = now + timedelta(seconds=self.policy.lease_seconds)
-                a.claims += 1
-                a.tries += 1
-                a.payload_sha256 = payload_sha
-                a.message_id = prepared.message_id
-                a.updated_at = now
-                s.add(Send(channel=a.channel, recipient=a.recipient, at=now, attempt_id=a.id))
-                record_event(
-                    s,
-                    case.chain,
-                    "try_started",
-                    {
-                        "attempt": a.id,
-                        "try": a.tries,
-                        "claim": a.claims,
-                        "channel": a.channel,
-                        "kind": a.kind,
-                        "recipient": a.recipient,
-                        "payload_sha256": payload_sha,
-                        "media_type": prepared.media_type,
-                        "message_id": prepared.message_id,
-                        "idempotency_key": a.idempotency_key,
-                        "worker": self.owner,
-                    },
-                    case_id=case.id,
-                    attempt_id=a.id,
-                    at=now,
-                )
-                jobs.append(
-                    _Job(
-                        a.id,
-                        case.id,
-                        case.chain,
-                        a.channel,
-                        a.contact_point_id,
-                        prepared,
-                        a.tries,
-                        a.claims,
-                    )
-                )
+        jobs, _ = self._claim(report)
         return jobs
+
+    def _claim(self, report: DispatchReport) -> tuple[list[_Job], int]:
+        """(jobs, rows examined); the counts reach ``report`` only once the claim committed."""
+        jobs, examined, counts = self._transaction(self._claim_in)
+        report.add(counts)
+        return jobs, examined
+
+    def _claim_in(self, s: Session) -> tuple[list[_Job], int, DispatchReport]:
+        counts = DispatchReport()
+        now = self.now()
+        lease_until = now + timedelta(seconds=self.policy.lease_seconds)
+        pg = _is_pg(s)
+        rows = s.execute(self._due(now, pg)).all()
+        if not rows:
+            return [], 0, counts
+        gate: _Gate | None = None
+        limited = [r for r in rows if r.channel in self._limited]
+        if limited:
+            gate = _Gate(self.limits, now)
+            gate.load(s, limited)
+        earlier = self._earlier_message_ids(s, rows)
+        writes = _Writes(now)
+        changes: list[dict[str, Any]] = []
+        sends: list[dict[str, Any]] = []
+        jobs: list[_Job] = []
+        for r in rows:
+            chain = case_chain(r.reference)
+            if gate is not None and r.channel in self._limited:
+                until = gate.wait_until(r.channel, r.recipient)
+                if until is not None:
+                    changes.append({"id": r.id, "next_try_at": until, "updated_at": now})
+                    writes.event(
+                        chain,
+                        "deferred",
+                        {
+                            "attempt": r.id,
+                            "reason": "per-recipient rate limit",
+                            "until": until.isoformat(),
+                        },
+                        case_id=r.case_id,
+                        attempt_id=r.id,
+                    )
+                    counts.deferred += 1
+                    continue
+            out = Outgoing(
+                channel=r.channel,
+                kind=r.kind,
+                recipient=r.recipient,
+                recipient_name=r.legal_name or r.party_name,
+                subject=r.subject,
+                body=r.body,
+                reference=r.reference,
+                idempotency_key=r.idempotency_key,
+                notice_kind=r.template,
+                language=r.language,
+                created_at=r.created_at,
+                html=r.html,
+                params=dict(r.sms_params or {}),
+                in_reply_to=tuple(
+                    mid for step, mid in earlier.get((r.case_id, r.party_id), ()) if step < r.step
+                ),
+                sender_name=self.sender_name,
+            )
+            try:
+                prepared = self.channels[r.channel].prepare(out)
+            except Permanent as exc:
+                changes.append(
+                    {"id": r.id, "state": "failed", "last_error": exc.detail, "updated_at": now}
+                )
+                writes.event(
+                    chain,
+                    "failed",
+                    {"attempt": r.id, "stage": "prepare", "error": exc.detail, "code": exc.code},
+                    case_id=r.case_id,
+                    attempt_id=r.id,
+                )
+                counts.failed += 1
+                continue
+            except Exception as exc:
+                # A bug in an adapter says nothing about the notice: try again later, and give
+                # up only after as many claims as any other failure.
+                log.exception("channel %s could not prepare attempt %s", r.channel, r.id)
+                detail = f"{type(exc).__name__}: {exc}"
+                claims = r.claims + 1
+                gave_up = claims >= self.policy.max_claims
+                retry_at = now + timedelta(seconds=self.policy.reschedule_after)
+                changes.append(
+                    {
+                        "id": r.id,
+                        "state": "failed" if gave_up else "retry",
+                        "claims": claims,
+                        "next_try_at": retry_at,
+                        "last_error": detail,
+                        "updated_at": now,
+                    }
+                )
+                data: dict[str, Any] = {"attempt": r.id, "stage": "prepare", "error": detail}
+                if gave_up:
+                    data["gave_up"] = f"could not prepare on {claims} claims"
+                else:
+                    data["next_try_at"] = retry_at.isoformat()
+                writes.event(
+                    chain,
+                    "failed" if gave_up else "rescheduled",
+                    data,
+                    case_id=r.case_id,
+                    attempt_id=r.id,
+                )
+                if gave_up:
+                    counts.failed += 1
+                else:
+                    counts.rescheduled += 1
+                continue
+            if gate is not None and r.channel in self._limited:
+                gate.admit(r.channel, r.recipient)
+            payload_sha = writes.blob(prepared.payload, prepared.media_type)
+            tries, claims = r.tries + 1, r.claims + 1
+            changes.append(
+                {
+                    "id": r.id,
+                    "state": "sending",
+                    "lease_owner": self.owner,
+                    "lease_expires_at": lease_until,
+                    "claims": claims,
+                    "tries": tries,
+                    "payload_sha256": payload_sha,
+                    "message_id": prepared.message_id,
+                    "updated_at": now,
+                }
+            )
+            sends.append(
+                {"channel": r.channel, "recipient": r.recipient, "at": now, "attempt_id": r.id}
+            )
+            started: dict[str, Any] = {
+                "attempt": r.id,
+                "try": tries,
+                "claim": claims,
+                "channel": r.channel,
+                "kind": r.kind,
+                "recipient": r.recipient,
+                "payload_sha256": payload_sha,
+                "media_type": prepared.media_type,
+                "message_id": prepared.message_id,
+                "idempotency_key": r.idempotency_key,
+                "worker": self.owner,
+            }
+            if r.payload_sha256 and r.payload_sha256 != payload_sha:
+                # The same key, different bytes (the adapter changed between two claims): say
+                # so where a reader of the chain will see it.
+                started["payload_differs_from"] = r.payload_sha256
+            writes.event(chain, "try_started", started, case_id=r.case_id, attempt_id=r.id)
+            jobs.append(
+                _Job(
+                    r.id,
+                    r.case_id,
+                    chain,
+                    r.channel,
+                    r.contact_point_id,
+                    prepared,
+                    tries,
+                    claims,
+                    lease_until,
+                )
+            )
+        writes.flush(s)
+        _update_attempts(s, changes)
+        if sends:
+            s.execute(insert(_table(Send)), sends)
+        return jobs, len(rows), counts
 
     # ------------------------------------------------------------------ send
 
-    def _record_retry(self, job: _Job, exc: Transient, next_try: int, delay: float) -> None:
-        """Chain the failed try and the start of the next one; renew the lease meanwhile."""
+    def _record_retry(self, job: _Job, exc: Transient, delay: float) -> None:
+        """Chain the failed try; renew the lease over the back-off."""
         now = self.now()
-        with self.sessions.begin() as s:
-            a = s.get(Attempt, job.attempt_id)
-            assert a is not None
-            record_event(
-                s,
-                job.chain,
-                "try_failed",
-                {
-                    "attempt": job.attempt_id,
-                    "try": a.tries,
-                    "error": exc.detail,
-                    "code": exc.code,
-                    "transcript": _jsonable(exc.transcript),
-                    "retry_in_seconds": f"{delay:.1f}",
-                },
-                case_id=job.case_id,
-                attempt_id=job.attempt_id,
-                at=now,
-            )
-            a.last_error = exc.detail
-            a.lease_expires_at = now + timedelta(seconds=self.policy.lease_seconds + delay)
-            a.updated_at = now
+        until = now + timedelta(seconds=self.policy.lease_seconds + delay)
 
-    def _record_try_start(self, job: _Job) -> None:
+        def work(s: Session) -> None:
+            row = self._current(s, [job.attempt_id]).get(job.attempt_id)
+            writes = _Writes(now)
+            data: dict[str, Any] = {
+                "attempt": job.attempt_id,
+                "try": job.try_number,
+                "error": exc.detail,
+                "code": exc.code,
+                "transcript": _jsonable(exc.transcript),
+                "retry_in_seconds": f"{delay:.1f}",
+            }
+            if exc.response:
+                data["response_sha256"] = writes.blob(exc.response, "text/plain")
+            writes.event(
+                job.chain, "try_failed", data, case_id=job.case_id, attempt_id=job.attempt_id
+            )
+            writes.flush(s)
+            if self._ours(row, job):
+                _update_attempts(
+                    s,
+                    [
+                        {
+                            "id": job.attempt_id,
+                            "last_error": exc.detail,
+                            "lease_expires_at": until,
+                            "updated_at": now,
+                        }
+                    ],
+                )
+
+        self._transaction(work)
+        job.lease_until = until
+
+    def _record_try_start(self, job: _Job) -> bool:
+        """Chain the next try of a claimed attempt before it is sent; False if the attempt is
+        no longer this worker's (its lease passed to recovery meanwhile)."""
         now = self.now()
-        with self.sessions.begin() as s:
-            a = s.get(Attempt, job.attempt_id)
-            assert a is not None
-            a.tries += 1
-            a.updated_at = now
-            s.add(Send(channel=a.channel, recipient=a.recipient, at=now, attempt_id=a.id))
-            record_event(
-                s,
+
+        def work(s: Session) -> bool:
+            row = self._current(s, [job.attempt_id]).get(job.attempt_id)
+            if row is None or not self._ours(row, job):
+                return False
+            tries = row.tries + 1
+            writes = _Writes(now)
+            writes.event(
                 job.chain,
                 "try_started",
                 {
-                    "attempt": a.id,
-                    "try": a.tries,
-                    "claim": a.claims,
-                    "channel": a.channel,
-                    "kind": a.kind,
-                    "recipient": a.recipient,
-                    "payload_sha256": a.payload_sha256,
+                    "attempt": job.attempt_id,
+                    "try": tries,
+                    "claim": job.claims,
+                    "channel": job.channel,
+                    "kind": job.prepared.outgoing.kind,
+                    "recipient": job.prepared.outgoing.recipient,
+                    "payload_sha256": hashlib.sha256(job.prepared.payload).hexdigest(),
                     "media_type": job.prepared.media_type,
-                    "message_id": a.message_id,
-                    "idempotency_key": a.idempotency_key,
+                    "message_id": job.prepared.message_id,
+                    "idempotency_key": job.prepared.outgoing.idempotency_key,
                     "worker": self.owner,
                 },
                 case_id=job.case_id,
-                attempt_id=a.id,
-                at=now,
+                attempt_id=job.attempt_id,
             )
+            writes.flush(s)
+            _update_attempts(s, [{"id": job.attempt_id, "tries": tries, "updated_at": now}])
+            s.execute(
+                insert(_table(Send)),
+                [
+                    {
+                        "channel": job.channel,
+                        "recipient": job.prepared.outgoing.recipient,
+                        "at": now,
+                        "attempt_id": job.attempt_id,
+                    }
+                ],
+            )
+            job.try_number = tries
+            return True
+
+        return self._transaction(work)
 
     async def _send(self, job: _Job, outcomes: asyncio.Queue[_Outcome | None]) -> None:
         channel = self.channels[job.channel]
         async with self._sem[job.channel]:
-            if self._stopping:
-                await outcomes.put(_Outcome(job, "released", at=self.now()))
-                return
-            tries = 0
-
-            async def before_sleep(state: RetryCallState) -> None:
-                exc = state.outcome.exception() if state.outcome else None
-                if isinstance(exc, Transient):
-                    self._record_retry(job, exc, state.attempt_number + 1, state.upcoming_sleep)
-
-            retrying = AsyncRetrying(
-                retry=retry_if_exception_type(Transient),
-                stop=stop_after_attempt(self.policy.max_tries),
-                wait=self.policy.backoff,
-                sleep=self.sleep,
-                before_sleep=before_sleep,
-                reraise=True,
-            )
-            try:
-                async for attempt in retrying:
-                    with attempt:
-                        tries += 1
-                        if tries > 1:
-                            if self._stopping:
-                                raise _Stopped
-                            self._record_try_start(job)
-                        receipt = await channel.send(job.prepared)
-                state = (
-                    "pending" if receipt.pending else ("sent" if receipt.accepted else "unknown")
-                )
-                await outcomes.put(
-                    _Outcome(job, state, receipt=receipt, at=self.now(), tries=tries)
-                )
-            except _Stopped:
+            if self._stopping or self._broken:
                 await outcomes.put(
                     _Outcome(
                         job,
-                        "retry",
-                        error=Transient("stopped before the next try"),
+                        "released",
                         at=self.now(),
-                        tries=tries,
+                        reason="worker stopping: released before sending",
                     )
                 )
+                return
+            if job.lease_until is not None and self.now() >= job.lease_until:
+                await outcomes.put(
+                    _Outcome(
+                        job, "released", at=self.now(), reason="the lease ran out before sending"
+                    )
+                )
+                return
+            try:
+                receipt = await self._tries(job, channel)
+                state = (
+                    "pending" if receipt.pending else ("sent" if receipt.accepted else "unknown")
+                )
+                outcome = _Outcome(job, state, receipt=receipt, at=self.now(), tries=job.tries)
+            except _Stopped as exc:
+                outcome = _Outcome(
+                    job, "retry", error=Transient(str(exc)), at=self.now(), tries=job.tries
+                )
             except Transient as exc:
-                await outcomes.put(_Outcome(job, "retry", error=exc, at=self.now(), tries=tries))
+                outcome = _Outcome(job, "retry", error=exc, at=self.now(), tries=job.tries)
             except Permanent as exc:
-                await outcomes.put(_Outcome(job, "failed", error=exc, at=self.now(), tries=tries))
+                outcome = _Outcome(job, "failed", error=exc, at=self.now(), tries=job.tries)
             except Unknown as exc:
-                await outcomes.put(_Outcome(job, "unknown", error=exc, at=self.now(), tries=tries))
+                outcome = _Outcome(job, "unknown", error=exc, at=self.now(), tries=job.tries)
             except Exception as exc:
                 log.exception("channel %s raised an unexpected error", job.channel)
-                await outcomes.put(_Outcome(job, "unknown", error=exc, at=self.now(), tries=tries))
+                outcome = _Outcome(job, "unknown", error=exc, at=self.now(), tries=job.tries)
+            await outcomes.put(outcome)
+
+    async def _tries(self, job: _Job, channel: Channel) -> Receipt:
+        """Send, retrying transient failures within this claim.
+
+        The first try goes straight out: nearly every send succeeds at once, and tenacity's
+        machinery costs more than a small gateway request. From the first transient failure on,
+        tenacity runs the remaining tries, with the same back-off schedule (try n waits
+        ``backoff.delay(n)``) and Retry-After honoured. Every retry is chained (``try_failed``,
+        then ``try_started``) and committed before it goes out.
+        """
+        job.tries = 1
+        try:
+            return await channel.send(job.prepared)
+        except Transient as exc:
+            first = exc
+        if self.policy.max_tries <= 1:
+            raise first
+        backoff = self.policy.backoff
+        delay = backoff.delay(1, first.retry_after)
+        await self._in_db(self._record_retry, job, first, delay)
+        await self.sleep(delay)
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            retry_after = exc.retry_after if isinstance(exc, Transient) else None
+            return backoff.delay(state.attempt_number + 1, retry_after)
+
+        async def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, Transient):
+                await self._in_db(self._record_retry, job, exc, state.upcoming_sleep)
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Transient),
+            stop=stop_after_attempt(self.policy.max_tries - 1),
+            wait=wait,
+            sleep=self.sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if self._stopping:
+                    raise _Stopped("stopped before the next try")
+                if not await self._in_db(self._record_try_start, job):
+                    raise _Stopped("the lease passed to recovery before the next try")
+                job.tries += 1
+                receipt = await channel.send(job.prepared)
+        return receipt
 
     # ------------------------------------------------------------------ record
 
-    def _write_outcomes(self, batch: list[_Outcome], report: DispatchReport) -> None:
-        with self.sessions.begin() as s:
-            for o in batch:
-                self._write_one(s, o, report)
+    def _current(self, s: Session, ids: Sequence[int]) -> dict[int, Any]:
+        """The rows of these attempts, locked (PostgreSQL) in id order."""
+        pg = _is_pg(s)
+        found: dict[int, Any] = {}
+        for chunk in _chunks(sorted(set(ids))):
+            stmt = (
+                select(
+                    Attempt.id,
+                    Attempt.state,
+                    Attempt.lease_owner,
+                    Attempt.claims,
+                    Attempt.tries,
+                )
+                .where(Attempt.id.in_(chunk))
+                .order_by(Attempt.id)
+            )
+            if pg:
+                stmt = stmt.with_for_update()
+            for row in s.execute(stmt):
+                found[row.id] = row
+        return found
 
-    def _write_one(self, s: Session, o: _Outcome, report: DispatchReport) -> None:
-        job = o.job
-        a = s.get(Attempt, job.attempt_id)
-        assert a is not None
-        a.lease_owner = None
-        a.lease_expires_at = None
-        a.updated_at = o.at
-        data: dict[str, Any] = {
-            "attempt": a.id,
-            "try": a.tries,
-            "channel": a.channel,
-            "recipient": a.recipient,
-        }
-        if o.receipt is not None:
-            r = o.receipt
-            data["response_sha256"] = store_blob(s, r.response, r.response_type)
-            data["provider_id"] = r.provider_id
-            data["transcript"] = _jsonable(r.transcript)
-            a.provider_id = r.provider_id
-        err = o.error
-        if err is not None:
-            detail = getattr(err, "detail", None) or f"{type(err).__name__}: {err}"
-            data["error"] = detail
-            a.last_error = detail
-            code = getattr(err, "code", None)
-            if code is not None:
-                data["code"] = str(code)
-            response = getattr(err, "response", None)
-            if response:
-                data["response_sha256"] = store_blob(s, response, "text/plain")
-            transcript = getattr(err, "transcript", None)
-            if transcript:
-                data["transcript"] = _jsonable(transcript)
-        kind = o.state
-        if o.state == "released":
-            a.state = "queued"
-            a.tries -= 1
-            data["reason"] = "worker stopping: released before sending"
-            report.released += 1
-        elif o.state in ("sent", "pending"):
-            a.state = o.state
-            if o.state == "sent":
-                report.sent += 1
-            else:
-                report.pending += 1
-        elif o.state == "failed":
-            a.state = "failed"
-            report.failed += 1
-            if isinstance(err, Permanent) and err.bad_recipient:
-                cp = s.get(ContactPoint, job.contact_id)
-                if cp is not None and cp.status != "bad":
-                    cp.status = "bad"
-                    cp.status_reason = data.get("error")
-                    party = s.get(Party, cp.party_id)
-                    record_event(
-                        s,
-                        job.chain,
-                        "contact_bad",
+    def _write_outcomes(self, batch: list[_Outcome], report: DispatchReport) -> None:
+        """Record finished sends in one transaction; counted in ``report`` once committed."""
+        counts = self._transaction(lambda s: self._write_in(s, batch))
+        report.add(counts)
+
+    def _write_in(self, s: Session, batch: list[_Outcome]) -> DispatchReport:
+        counts = DispatchReport()
+        now = self.now()
+        current = self._current(s, [o.job.attempt_id for o in batch])
+        writes = _Writes(now)
+        changes: list[dict[str, Any]] = []
+        bad: dict[int, tuple[_Outcome, str | None]] = {}
+        for o in batch:
+            if o.state == "failed" and isinstance(o.error, Permanent) and o.error.bad_recipient:
+                bad.setdefault(o.job.contact_id, (o, o.error.detail))
+        contacts = self._contacts(s, list(bad)) if bad else {}
+        marked: list[dict[str, Any]] = []
+        for o in batch:
+            job = o.job
+            row = current.get(job.attempt_id)
+            ours = self._ours(row, job)
+            tries = row.tries if row is not None else job.try_number
+            if o.state == "released":
+                counts.released += 1
+                if ours:
+                    changes.append(
                         {
-                            "party": party.key if party else None,
-                            "kind": cp.kind,
-                            "value": cp.value,
-                            "reason": data.get("error"),
+                            "id": job.attempt_id,
+                            "state": "queued",
+                            "lease_owner": None,
+                            "lease_expires_at": None,
+                            "updated_at": o.at,
+                        }
+                    )
+                    writes.event(
+                        job.chain,
+                        "released",
+                        {
+                            "attempt": job.attempt_id,
+                            "try": tries,
+                            "channel": job.channel,
+                            "recipient": job.prepared.outgoing.recipient,
+                            "reason": o.reason or "released before sending",
                         },
                         case_id=job.case_id,
-                        attempt_id=a.id,
+                        attempt_id=job.attempt_id,
                         at=o.at,
                     )
-        elif o.state == "unknown":
-            a.state = "unknown"
-            a.next_try_at = o.at + timedelta(seconds=self.policy.reschedule_after)
-            report.unknown += 1
-            if a.claims >= self.policy.max_claims:
-                a.state = "failed"
-                data["gave_up"] = f"still unknown after {a.claims} claims"
-        else:  # retry: transient failures exhausted this claim
-            kind = "rescheduled"
-            retry_after = getattr(err, "retry_after", None)
-            wait = max(self.policy.reschedule_after, float(retry_after or 0))
-            a.next_try_at = o.at + timedelta(seconds=wait)
-            a.state = "retry"
-            data["next_try_at"] = a.next_try_at.isoformat()
-            if a.claims >= self.policy.max_claims:
-                a.state = "failed"
-                kind = "failed"
-                data["gave_up"] = f"transient failures on {a.claims} claims"
-                report.failed += 1
+                continue
+            data: dict[str, Any] = {
+                "attempt": job.attempt_id,
+                "try": tries,
+                "channel": job.channel,
+                "recipient": job.prepared.outgoing.recipient,
+            }
+            change: dict[str, Any] = {
+                "id": job.attempt_id,
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "updated_at": o.at,
+            }
+            if o.receipt is not None:
+                r = o.receipt
+                data["response_sha256"] = writes.blob(r.response, r.response_type)
+                data["provider_id"] = r.provider_id
+                data["transcript"] = _jsonable(r.transcript)
+                change["provider_id"] = r.provider_id
+            err = o.error
+            if err is not None:
+                detail = getattr(err, "detail", None) or f"{type(err).__name__}: {err}"
+                data["error"] = detail
+                change["last_error"] = detail
+                code = getattr(err, "code", None)
+                if code is not None:
+                    data["code"] = str(code)
+                response = getattr(err, "response", None)
+                if response:
+                    data["response_sha256"] = writes.blob(response, "text/plain")
+                transcript = getattr(err, "transcript", None)
+                if transcript:
+                    data["transcript"] = _jsonable(transcript)
+            kind = o.state
+            claims = row.claims if row is not None else job.claims
+            if o.state in ("sent", "pending"):
+                change["state"] = o.state
+                if o.state == "sent":
+                    counts.sent += 1
+                else:
+                    counts.pending += 1
+            elif o.state == "failed":
+                change["state"] = "failed"
+                counts.failed += 1
+                if job.contact_id in bad and bad[job.contact_id][0] is o:
+                    contact = contacts.get(job.contact_id)
+                    if contact is not None and contact.status != "bad":
+                        marked.append({"id": job.contact_id, "reason": data.get("error")})
+                        writes.event(
+                            job.chain,
+                            "contact_bad",
+                            {
+                                "party": contact.key,
+                                "kind": contact.kind,
+                                "value": contact.value,
+                                "reason": data.get("error"),
+                            },
+                            case_id=job.case_id,
+                            attempt_id=job.attempt_id,
+                            at=o.at,
+                        )
+            elif o.state == "unknown":
+                change["state"] = "unknown"
+                change["next_try_at"] = o.at + timedelta(seconds=self.policy.reschedule_after)
+                counts.unknown += 1
+                if claims >= self.policy.max_claims:
+                    change["state"] = "failed"
+                    data["gave_up"] = f"still unknown after {claims} claims"
+            else:  # retry: transient failures exhausted this claim
+                kind = "rescheduled"
+                retry_after = getattr(err, "retry_after", None)
+                wait = max(self.policy.reschedule_after, float(retry_after or 0))
+                change["next_try_at"] = o.at + timedelta(seconds=wait)
+                change["state"] = "retry"
+                data["next_try_at"] = change["next_try_at"].isoformat()
+                if claims >= self.policy.max_claims:
+                    change["state"] = "failed"
+                    kind = "failed"
+                    data["gave_up"] = f"transient failures on {claims} claims"
+                    counts.failed += 1
+                else:
+                    counts.rescheduled += 1
+            if ours:
+                changes.append(change)
             else:
-                report.rescheduled += 1
-        record_event(s, job.chain, kind, data, case_id=job.case_id, attempt_id=a.id, at=o.at)
+                data["late"] = (
+                    "the lease had passed to recovery before this outcome was recorded; "
+                    "the attempt's state is left to its new owner"
+                )
+            writes.event(
+                job.chain, kind, data, case_id=job.case_id, attempt_id=job.attempt_id, at=o.at
+            )
+        writes.flush(s)
+        _update_attempts(s, changes)
+        if marked:
+            table = _table(ContactPoint)
+            s.execute(
+                update(table)
+                .where(table.c.id == bindparam("b_id"))
+                .values(status="bad", status_reason=bindparam("b_reason")),
+                [{"b_id": m["id"], "b_reason": m["reason"]} for m in marked],
+            )
+        return counts
+
+    @staticmethod
+    def _contacts(s: Session, ids: Sequence[int]) -> dict[int, Any]:
+        found: dict[int, Any] = {}
+        for chunk in _chunks(sorted(ids)):
+            q = (
+                select(
+                    ContactPoint.id,
+                    ContactPoint.kind,
+                    ContactPoint.value,
+                    ContactPoint.status,
+                    Party.key,
+                )
+                .join(Party, Party.id == ContactPoint.party_id)
+                .where(ContactPoint.id.in_(chunk))
+            )
+            for row in s.execute(q):
+                found[row.id] = row
+        return found
 
     async def _writer(
         self, outcomes: asyncio.Queue[_Outcome | None], report: DispatchReport
@@ -590,32 +1225,123 @@ class Dispatcher:
                 done = True
             else:
                 batch.append(first)
+                if self.policy.linger_seconds > 0:
+                    await asyncio.sleep(self.policy.linger_seconds)
             while not outcomes.empty():
                 item = outcomes.get_nowait()
                 if item is None:
                     done = True
                 else:
                     batch.append(item)
-            if batch:
-                self._write_outcomes(batch, report)
+            if not batch:
+                continue
+            try:
+                await self._in_db(self._write_outcomes, batch, report)
+            except Exception as exc:
+                # Nothing of this batch is recorded: its attempts stay `sending` with their
+                # try_started chained, and recovery will chain `unknown` for each. Claiming more
+                # would only add to that, so stop.
+                log.exception("recording %d outcomes failed", len(batch))
+                report.errors.append(f"recording outcomes failed: {type(exc).__name__}: {exc}")
+                self._broken = True
+            else:
+                for o in batch:
+                    self._live.pop(o.job.attempt_id, None)
+
+    async def _heartbeat(self) -> None:
+        """Renew the leases of everything claimed and not yet recorded, every third of a lease,
+        so a long send (a relay that takes minutes after DATA) is not recovered as crashed."""
+        period = max(0.2, self.policy.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(period)
+            jobs = list(self._live.values())
+            if jobs:
+                try:
+                    await self._in_db(self._renew, jobs)
+                except Exception:
+                    log.exception("renewing leases failed")
+
+    def _renew(self, jobs: Sequence[_Job]) -> None:
+        until = self.now() + timedelta(seconds=self.policy.lease_seconds)
+
+        def work(s: Session) -> None:
+            for chunk in _chunks(sorted(j.attempt_id for j in jobs)):
+                s.execute(
+                    update(Attempt)
+                    .where(
+                        Attempt.id.in_(chunk),
+                        Attempt.lease_owner == self.owner,
+                        Attempt.state == "sending",
+                    )
+                    .values(lease_expires_at=until)
+                    .execution_options(synchronize_session=False)
+                )
+
+        self._transaction(work)
+        for job in jobs:
+            if job.lease_until is None or job.lease_until < until:
+                job.lease_until = until
 
     # ------------------------------------------------------------------ loop
 
     async def run_once(self) -> DispatchReport:
-        """Recover, then send everything due now, batch after batch, until nothing is due."""
+        """Recover, then send everything due now, batch after batch, until nothing is due.
+
+        The next batch is claimed as soon as fewer than two batches of claimed attempts are
+        waiting or in flight, so channels stay busy while the database claims (a claim of a
+        few hundred attempts takes a good fraction of a second on a busy machine). What waits
+        keeps its lease through the heartbeat; with a slow channel, a smaller ``batch`` keeps
+        that wait short.
+        """
         report = DispatchReport()
-        report.recovered = self.recover()
+        self._sem = self._semaphores()
+        self._broken = False
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="outreach-db")
         outcomes: asyncio.Queue[_Outcome | None] = asyncio.Queue()
-        writer = asyncio.create_task(self._writer(outcomes, report))
+        tasks: set[asyncio.Task[None]] = set()
+        freed = asyncio.Event()  # a send finished: there may be room for the next batch
+
+        def finished(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            freed.set()
+
+        writer: asyncio.Task[None] | None = None
+        heartbeat: asyncio.Task[None] | None = None
         try:
-            while not self._stopping:
-                jobs = self.claim(report)
-                if not jobs:
-                    break
-                await asyncio.gather(*(self._send(job, outcomes) for job in jobs))
+            report.recovered = await self._in_db(self.recover)
+            writer = asyncio.create_task(self._writer(outcomes, report))
+            heartbeat = asyncio.create_task(self._heartbeat())
+            while not (self._stopping or self._broken):
+                if len(tasks) >= 2 * self.policy.batch:
+                    # (not asyncio.wait: it hooks every pending task on each call)
+                    freed.clear()
+                    await freed.wait()
+                    continue
+                jobs, examined = await self._in_db(self._claim, report)
+                for job in jobs:
+                    self._live[job.attempt_id] = job
+                    task = asyncio.create_task(self._send(job, outcomes))
+                    tasks.add(task)
+                    task.add_done_callback(finished)
+                if examined < self.policy.batch:
+                    # Drained for now: let what is in flight finish, then look once more
+                    # (a partial batch may have left nothing behind, or an outcome made an
+                    # attempt due again); stop when a look finds nothing.
+                    if tasks:
+                        await asyncio.wait(tasks)
+                    if examined == 0:
+                        break
         finally:
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
             await outcomes.put(None)
-            await writer
+            if writer is not None:
+                await writer
+            if heartbeat is not None:
+                heartbeat.cancel()
+                await asyncio.gather(heartbeat, return_exceptions=True)
+            pool, self._pool = self._pool, None
+            pool.shutdown(wait=True)
         return report
 
     async def aclose(self) -> None:

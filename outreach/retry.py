@@ -39,3 +39,24 @@ def parse_duration(text: str) -> float:
     """ "30s", "15m", "2h", "1d" -> seconds."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     return float(text[:-1]) * units[text[-1]]
+
+
+#: PostgreSQL SQLSTATEs after which the whole transaction may simply be run again:
+#: serialization_failure, deadlock_detected, lock_not_available.
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+
+
+def db_retryable(exc: BaseException) -> bool:
+    """Whether a failed database transaction can be run again as it is.
+
+    Deadlocks and serialization failures on PostgreSQL, and "database is locked" on SQLite
+    (another process held the writer lock past the busy timeout), roll the transaction back
+    and leave nothing behind; anything else (a constraint violation, a lost server) is a
+    real error and must surface.
+    """
+    orig = getattr(exc, "orig", None)
+    if orig is None:
+        return False
+    if getattr(orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
+        return True
+    return type(orig).__name__ == "OperationalError" and "database is locked" in str(orig)
