@@ -634,6 +634,9 @@ class Dispatcher:
                 Attempt.state.in_(DUE_STATES),
                 Attempt.next_try_at <= now,
                 Attempt.channel.in_(sorted(self.channels)),
+                # An answer, a pause or a resolution stops sending at once, not at the next
+                # ladder pass (which then cancels these attempts with an event).
+                Case.state.not_in(("replied", "resolved", "paused", "stopped")),
                 or_(Attempt.lease_expires_at.is_(None), Attempt.lease_expires_at < now),
             )
             .order_by(Attempt.next_try_at, Attempt.id)
@@ -1177,8 +1180,8 @@ class Dispatcher:
                 changes.append(change)
             else:
                 data["late"] = (
-                    "the lease had passed to recovery before this outcome was recorded; "
-                    "the attempt's state is left to its new owner"
+                    "the attempt's state changed before this outcome was recorded (recovery "
+                    "took the lease, or a delivery receipt arrived first); it is left as it is"
                 )
             writes.event(
                 job.chain, kind, data, case_id=job.case_id, attempt_id=job.attempt_id, at=o.at

@@ -580,3 +580,14 @@ async def test_changed_bytes_under_the_same_key_are_flagged(bare: App) -> None:
     assert (await d2.run_once()).sent == 1
     first, second = _events(bare, "try_started")
     assert second["data"]["payload_differs_from"] == first["data"]["payload_sha256"]
+
+
+async def test_a_case_answered_after_planning_sends_nothing_more(app: App) -> None:
+    from outreach.store import Case
+
+    with app.sessions.begin() as s:
+        s.execute(sa.update(Case).values(state="replied"))
+    d, channel = _dispatcher(app, [])
+    report = await d.run_once()
+    assert report.sent == 0 and not channel.sent
+    assert {a.state for a in _attempts(app)} == {"queued"}
