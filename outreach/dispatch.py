@@ -485,7 +485,8 @@ class Dispatcher:
         self._sem = self._semaphores()
         self._stopping = False
         self._broken = False  # outcomes could not be recorded: stop claiming more
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | None = None  # records, renewals, recovery
+        self._claims: ThreadPoolExecutor | None = None  # claims, when they may run alongside
         self._live: dict[int, _Job] = {}  # claimed and not yet recorded: their leases are renewed
 
     def _semaphores(self) -> dict[str, asyncio.Semaphore]:
@@ -523,6 +524,14 @@ class Dispatcher:
         if self._pool is None:
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _claim_in_db(self, report: DispatchReport) -> tuple[list[_Job], int]:
+        """Claims get a thread of their own on PostgreSQL, so a claim waiting on the server
+        does not wait behind outcome records too; SQLite has one writer, so one thread."""
+        pool = self._claims or self._pool
+        if pool is None:
+            return self._claim(report)
+        return await asyncio.get_running_loop().run_in_executor(pool, self._claim, report)
 
     def _ours(self, row: Any, job: _Job) -> bool:
         return bool(
@@ -1300,6 +1309,9 @@ class Dispatcher:
         self._sem = self._semaphores()
         self._broken = False
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="outreach-db")
+        bind = self.sessions.kw.get("bind")
+        if bind is not None and bind.dialect.name == "postgresql":
+            self._claims = ThreadPoolExecutor(1, thread_name_prefix="outreach-claims")
         outcomes: asyncio.Queue[_Outcome | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
         freed = asyncio.Event()  # a send finished: there may be room for the next batch
@@ -1320,7 +1332,7 @@ class Dispatcher:
                     freed.clear()
                     await freed.wait()
                     continue
-                jobs, examined = await self._in_db(self._claim, report)
+                jobs, examined = await self._claim_in_db(report)
                 for job in jobs:
                     self._live[job.attempt_id] = job
                     task = asyncio.create_task(self._send(job, outcomes))
@@ -1345,6 +1357,9 @@ class Dispatcher:
                 await asyncio.gather(heartbeat, return_exceptions=True)
             pool, self._pool = self._pool, None
             pool.shutdown(wait=True)
+            if self._claims is not None:
+                claims, self._claims = self._claims, None
+                claims.shutdown(wait=True)
         return report
 
     async def aclose(self) -> None:
