@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from outreach import clock
 from outreach.fetch import PoliteFetcher
 from outreach.models_contacts import LookupTask, SourceStatus
-from outreach.proof import canonical_json, format_at, record_event, store_blob
+from outreach.proof import canonical_json, format_at, jsonable, record_event, store_blob
 from outreach.store import ContactPoint, Event, Party, Provenance
 from sources.base import (
     DeclaredContact,
@@ -283,7 +283,7 @@ def _notice_data(notice: Notice) -> dict[str, Any]:
         "url": notice.url,
         "advice": notice.advice,
         "fields": list(notice.fields),
-        "data": _jsonable(notice.data),
+        "data": jsonable(notice.data),
     }
 
 
@@ -582,7 +582,7 @@ def _record_tasks(
                 fields=list(notice.fields),
                 wants=_wants(notice),
                 answered=[],
-                data=_jsonable(notice.data),
+                data=jsonable(notice.data),
                 state="open",
                 opened_at=now,
             )
@@ -995,15 +995,3 @@ def _detail(ev: Event, data: Mapping[str, Any]) -> str:
         return str(data.get("why") or "")
     parts = [str(data[k]) for k in ("label", "url") if data.get(k)]
     return " ".join(parts)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float):
-        return f"{value}"
-    if isinstance(value, str | int | bool) or value is None:
-        return value
-    return str(value)

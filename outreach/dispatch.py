@@ -79,7 +79,7 @@ from channels.base import (
     Unknown,
 )
 from outreach import clock
-from outreach.proof import GENESIS, event_body, event_hash, format_at
+from outreach.proof import GENESIS, event_body, event_hash, format_at, jsonable
 from outreach.ratelimit import (
     channel_usage,
     channel_wait,
@@ -185,36 +185,6 @@ def worker_id() -> str:
 def case_chain(reference: str) -> str:
     """The chain of a case, as :attr:`outreach.store.Case.chain` names it (without loading it)."""
     return f"case:{reference}"
-
-
-def _jsonable(value: Any) -> Any:
-    """A transcript as event data: only str, int, bool, None, lists and objects (floats as
-    their repr, so every verifier reads the same text). Exact builtin types are tested first,
-    leaves without a call: this runs over every transcript of every send."""
-    kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
-        return value
-    if kind is dict:
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            vk = type(v)
-            out[k if type(k) is str else str(k)] = (
-                v if vk is str or vk is int or vk is bool or v is None else _jsonable(v)
-            )
-        return out
-    if kind is list or kind is tuple:
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, str | int | bool):
-        return value
-    return str(value)
 
 
 def _chunks(items: Sequence[T], size: int = _IN_CHUNK) -> Iterable[Sequence[T]]:
@@ -868,7 +838,7 @@ class Dispatcher:
                 "try": job.try_number,
                 "error": exc.detail,
                 "code": exc.code,
-                "transcript": _jsonable(exc.transcript),
+                "transcript": jsonable(exc.transcript),
                 "retry_in_seconds": f"{delay:.1f}",
             }
             if exc.response:
@@ -1120,7 +1090,7 @@ class Dispatcher:
                 r = o.receipt
                 data["response_sha256"] = writes.blob(r.response, r.response_type)
                 data["provider_id"] = r.provider_id
-                data["transcript"] = _jsonable(r.transcript)
+                data["transcript"] = jsonable(r.transcript)
                 change["provider_id"] = r.provider_id
             err = o.error
             if err is not None:
@@ -1135,7 +1105,7 @@ class Dispatcher:
                     data["response_sha256"] = writes.blob(response, "text/plain")
                 transcript = getattr(err, "transcript", None)
                 if transcript:
-                    data["transcript"] = _jsonable(transcript)
+                    data["transcript"] = jsonable(transcript)
             kind = o.state
             claims = row.claims if row is not None else job.claims
             if o.state in ("sent", "pending"):

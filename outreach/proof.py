@@ -429,3 +429,33 @@ def all_chains(session: Session) -> list[str]:
     names = set(session.scalars(select(Chain.name)))
     names.update(session.scalars(select(Event.chain).distinct()))
     return sorted(names)
+
+
+def jsonable(value: Any) -> Any:
+    """Any value (a transcript, a source notice) as event data: only str, int, bool, None, lists and objects (floats as
+    their repr, so every verifier reads the same text). Exact builtin types are tested first,
+    leaves without a call: this runs over every transcript of every send."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is dict:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            vk = type(v)
+            out[k if type(k) is str else str(k)] = (
+                v if vk is str or vk is int or vk is bool or v is None else jsonable(v)
+            )
+        return out
+    if kind is list or kind is tuple:
+        return [jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, str | int | bool):
+        return value
+    return str(value)
