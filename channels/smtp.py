@@ -189,6 +189,10 @@ def xtext(value: str) -> str:
     )
 
 
+def _ascii(options: list[str]) -> list[bytes]:
+    return [o.encode("ascii") for o in options]
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -418,7 +422,9 @@ class SmtpChannel:
         try:
             await self._step(
                 Stage.MAIL,
-                smtp.mail(s.from_address, options=mail_options, encoding=encoding),
+                smtp.execute_command(
+                    b"MAIL", f"FROM:<{s.from_address}>".encode(encoding), *_ascii(mail_options)
+                ),
                 transcript,
                 transcript,
                 "mail_from",
@@ -435,7 +441,9 @@ class SmtpChannel:
             raise
         await self._step(
             Stage.RCPT,
-            smtp.rcpt(msg.recipient, options=rcpt_options, encoding=encoding),
+            smtp.execute_command(
+                b"RCPT", f"TO:<{msg.recipient}>".encode(encoding), *_ascii(rcpt_options)
+            ),
             transcript,
             transcript,
             "rcpt_to",
@@ -465,7 +473,11 @@ class SmtpChannel:
         protocol = smtp.protocol
         if protocol is None:
             raise self._fail(Stage.DATA, None, "connection lost after 354", transcript)
-        wire = re.sub(rb"(?m)^\.", b"..", payload) + b".\r\n"
+        # Dot-stuffing (RFC 5321 §4.5.2); base64 bodies never start a line with ".".
+        wire = payload
+        if wire.startswith(b".") or b"\r\n." in wire:
+            wire = (b"." if wire.startswith(b".") else b"") + wire.replace(b"\r\n.", b"\r\n..")
+        wire += b".\r\n"
         try:
             protocol.write(wire)
         except aiosmtplib.SMTPServerDisconnected as exc:
@@ -641,7 +653,9 @@ class SmtpChannel:
             into[key] = {"command": command, "code": None, "error": self._redact(str(exc))}
             raise self._refuse(stage, str(exc), transcript) from exc
         into[key] = self._record(command, reply.code, reply.message)
-        if stage is Stage.DATA or 200 <= reply.code < 400:
+        # MAIL and RCPT succeed with 2xx only (RFC 5321 4.3.2); DATA's 354 is checked by _data.
+        top = 300 if stage in (Stage.MAIL, Stage.RCPT) else 400
+        if stage is Stage.DATA or 200 <= reply.code < top:
             return reply
         raise self._fail(
             stage, reply.code, reply.message, transcript
@@ -703,7 +717,13 @@ class SmtpChannel:
         payload = prepared.payload
         if prepared.media_type != "message/rfc822":
             raise self._refuse(Stage.DATA, f"cannot send {prepared.media_type}", transcript)
-        if not payload.endswith(b"\r\n") or re.search(rb"\r(?!\n)|(?<!\r)\n", payload):
+        # Every CR starts a CRLF and every LF ends one: three byte counts, no regex scan.
+        crlf = payload.count(b"\r\n")
+        if (
+            not payload.endswith(b"\r\n")
+            or payload.count(b"\r") != crlf
+            or payload.count(b"\n") != crlf
+        ):
             raise self._refuse(
                 Stage.DATA,
                 "the payload is not CRLF text; sending it would alter the hashed bytes",

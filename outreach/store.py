@@ -353,7 +353,11 @@ def _sqlite_pragmas(engine: Engine) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        # FULL, not WAL's usual NORMAL: with NORMAL a commit that has returned can still roll
+        # back after a power cut or an OS crash, and the dispatcher sends right after
+        # committing `try_started` - a notice would leave with no record of it. FULL fsyncs the
+        # log at each commit; the dispatcher's group commits keep that to one fsync per batch.
+        cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
