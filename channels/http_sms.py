@@ -75,7 +75,7 @@ import json
 import re
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Final, Literal, Self
 from urllib.parse import quote, quote_plus, urlencode
 
 import httpx
@@ -480,8 +480,22 @@ def _as_code(value: Any) -> str:
     return str(value)
 
 
+#: ITU country calling codes. They form a prefix code (none is the start of another), so the
+#: country code of an E.164 number is the one code its digits start with.
+_COUNTRY_CODES: Final = frozenset(str(c) for c in phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+_E164: Final = re.compile(r"\+[1-9]\d{6,14}")
+
+
 def _national(recipient: str) -> str:
-    """The national significant number (13800138000) of an E.164 number, else as given."""
+    """The national significant number (13800138000) of an E.164 number, else as given.
+
+    Contact numbers are stored in E.164, so splitting off the country code is enough; a full
+    ``phonenumbers.parse`` cost ~45 us per SMS, the largest part of preparing one. Unlike its
+    ``national_number`` integer, this keeps a significant leading zero (Italy's 06...)."""
+    if _E164.fullmatch(recipient):
+        for size in (1, 2, 3):
+            if recipient[1 : 1 + size] in _COUNTRY_CODES:
+                return recipient[1 + size :]
     try:
         return str(phonenumbers.parse(recipient).national_number)
     except phonenumbers.NumberParseException:

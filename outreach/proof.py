@@ -19,15 +19,16 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from outreach.bulk import executemany, in_chunks, insert_ignoring_conflicts, table_of
 from outreach.store import Blob, Chain, Event, utcnow
 
 GENESIS = "0" * 64
@@ -127,6 +128,118 @@ def store_blob(session: Session, data: bytes, media_type: str) -> str:
         session.add(Blob(sha256=digest, size=len(data), media_type=media_type, data=data))
         session.flush()
     return digest
+
+
+# --------------------------------------------------------------------------- writing in bulk
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    chain: str
+    kind: str
+    data: dict[str, Any]
+    case_id: int | None
+    attempt_id: int | None
+    at: datetime
+
+
+_EVENT_INSERT = insert(table_of(Event))
+_HEAD_UPDATE = (
+    update(table_of(Chain))
+    .where(table_of(Chain).c.name == bindparam("b_name"))
+    .values(
+        head_seq=bindparam("b_seq"), head_hash=bindparam("b_hash"), updated_at=bindparam("b_at")
+    )
+)
+
+
+def append_events(session: Session, events: Sequence[NewEvent], now: datetime) -> None:
+    """Chain ``events`` (in list order within each chain) inside the caller's transaction.
+
+    Byte for byte what :func:`record_event` writes - the same ``event_body``/``event_hash`` -
+    but set-wise, for the dispatcher's batches: the heads of all chains involved are locked in
+    one statement (sorted, so two writers cannot deadlock on them), the events inserted in one
+    executemany and the heads moved in another. A chain without a head yet gets one first, as
+    ``record_event`` would create it.
+    """
+    if not events:
+        return
+    names = sorted({e.chain for e in events})
+    heads = lock_heads(session, names)
+    missing = [n for n in names if n not in heads]
+    if missing:
+        executemany(
+            session,
+            insert_ignoring_conflicts(session, table_of(Chain)),
+            [{"name": n, "head_seq": 0, "head_hash": GENESIS, "updated_at": now} for n in missing],
+        )
+        heads.update(lock_heads(session, missing))
+    rows: list[dict[str, Any]] = []
+    for e in events:
+        seq, prev = heads[e.chain]
+        seq += 1
+        stamp = format_at(e.at)
+        body = event_body(e.chain, seq, stamp, e.kind, e.data)
+        digest = event_hash(prev, body)
+        rows.append(
+            {
+                "chain": e.chain,
+                "seq": seq,
+                "at": stamp,
+                "kind": e.kind,
+                "case_id": e.case_id,
+                "attempt_id": e.attempt_id,
+                "body": body.decode("utf-8"),
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
+        heads[e.chain] = (seq, digest)
+    executemany(session, _EVENT_INSERT, rows)
+    executemany(
+        session,
+        _HEAD_UPDATE,
+        [{"b_name": n, "b_seq": heads[n][0], "b_hash": heads[n][1], "b_at": now} for n in names],
+    )
+
+
+def lock_heads(session: Session, names: Sequence[str]) -> dict[str, tuple[int, str]]:
+    """(head_seq, head_hash) of each named chain that exists, locked on PostgreSQL."""
+    pg = session.get_bind().dialect.name == "postgresql"
+    heads: dict[str, tuple[int, str]] = {}
+    for chunk in in_chunks(sorted(names)):
+        stmt = (
+            select(Chain.name, Chain.head_seq, Chain.head_hash)
+            .where(Chain.name.in_(chunk))
+            .order_by(Chain.name)
+        )
+        if pg:
+            stmt = stmt.with_for_update()
+        for name, seq, digest in session.execute(stmt):
+            heads[name] = (seq, digest)
+    return heads
+
+
+def store_blobs(session: Session, blobs: Mapping[str, tuple[bytes, str]], now: datetime) -> None:
+    """Store content-addressed bytes (sha256 -> (data, media type)) like :func:`store_blob`,
+    in one statement, and safe when another worker stores the same bytes at the same moment
+    (ON CONFLICT DO NOTHING). Sorted, for the lock order."""
+    if not blobs:
+        return
+    executemany(
+        session,
+        insert_ignoring_conflicts(session, table_of(Blob)),
+        [
+            {
+                "sha256": sha,
+                "size": len(blobs[sha][0]),
+                "media_type": blobs[sha][1],
+                "data": blobs[sha][0],
+                "created_at": now,
+            }
+            for sha in sorted(blobs)
+        ],
+    )
 
 
 # --------------------------------------------------------------------------- verification

@@ -51,6 +51,8 @@ def earliest_allowed(
     ``count`` sends, so with k sends in the window the next one waits until the
     (k - count + 1)-th most recent of them leaves it.
     """
+    if not history:  # the usual case, checked for every claimed SMS
+        return None
     wait_until: datetime | None = None
     for limit in limits:
         if limit.scope != "recipient":

@@ -23,15 +23,17 @@ import sqlalchemy as sa
 
 from channels.base import Outgoing, Permanent, Prepared, RateLimit, Receipt, Transient, Unknown
 from outreach.app import App
-from outreach.dispatch import (
-    Dispatcher,
-    DispatchPolicy,
-    DispatchReport,
-    _NewEvent,
-    _Outcome,
+from outreach.dispatch import Dispatcher, DispatchPolicy, DispatchReport, _Outcome
+from outreach.proof import (
+    NewEvent,
+    all_chains,
     append_events,
+    event_body,
+    event_hash,
+    format_at,
+    record_event,
+    verify_chain,
 )
-from outreach.proof import all_chains, event_body, event_hash, format_at, record_event, verify_chain
 from outreach.ratelimit import earliest_allowed
 from outreach.retry import Backoff, db_retryable
 from outreach.store import Attempt, Case, ContactPoint, Event, Merchant, Notice, Party
@@ -431,9 +433,9 @@ def test_bulk_chaining_is_record_event_byte_for_byte(bare: App) -> None:
         append_events(
             s,
             [
-                _NewEvent("case:X", "second", {"n": 2, "t": "中文"}, None, None, at),
-                _NewEvent("case:Y", "new chain", {"n": 1}, None, None, at),
-                _NewEvent("case:X", "third", {"n": 3}, None, None, at),
+                NewEvent("case:X", "second", {"n": 2, "t": "中文"}, None, None, at),
+                NewEvent("case:Y", "new chain", {"n": 1}, None, None, at),
+                NewEvent("case:X", "third", {"n": 3}, None, None, at),
             ],
             at,
         )

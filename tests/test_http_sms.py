@@ -12,7 +12,7 @@ import pytest
 from pytest_httpx import HTTPXMock
 
 from channels.base import Channel, Outgoing, Permanent, Transient, Unknown
-from channels.http_sms import HttpSmsChannel, Template, lookup
+from channels.http_sms import HttpSmsChannel, Template, _national, lookup
 
 URL = "https://sms.example.cn/api/send"
 API_KEY = "gw-apikey-7c1f0e9d/2b+a"  # '/' and '+' change under URL encoding
@@ -326,3 +326,35 @@ async def test_boolean_success_flag(httpx_mock: HTTPXMock) -> None:
     )
     receipt = await ch.send(ch.prepare(outgoing()))
     assert receipt.accepted and receipt.provider_id == "x1"
+
+
+@pytest.mark.parametrize(
+    ("recipient", "national"),
+    [
+        ("+8613900000001", "13900000001"),
+        ("+8675588888888", "75588888888"),  # Shenzhen landline: area code without the trunk 0
+        ("+14155550100", "4155550100"),
+        ("+447911123456", "7911123456"),
+        ("+390612345678", "0612345678"),  # Italy keeps its significant leading zero
+        ("+85291234567", "91234567"),
+        ("13900000001", "13900000001"),  # not E.164: as given
+        ("95516", "95516"),
+    ],
+)
+def test_national_number(recipient: str, national: str) -> None:
+    assert _national(recipient) == national
+
+
+def test_national_number_agrees_with_phonenumbers() -> None:
+    """The fast split gives what a full parse gives, for every region's example mobile."""
+    import phonenumbers
+
+    checked = 0
+    for region in phonenumbers.SUPPORTED_REGIONS:
+        example = phonenumbers.example_number_for_type(region, phonenumbers.PhoneNumberType.MOBILE)
+        if example is None or example.italian_leading_zero:
+            continue
+        e164 = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)
+        assert _national(e164) == str(example.national_number), region
+        checked += 1
+    assert checked > 200
