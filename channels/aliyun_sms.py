@@ -37,6 +37,7 @@ Answer                                            Outcome
 ``Code == "OK"``                                  Receipt, ``provider_id = BizId``
 connect error / connect or pool timeout / proxy   Transient (nothing was written to Alibaba)
 read or write timeout, reset, protocol error      Unknown (the request may have been taken)
+invalid request (``LocalProtocolError``)          Permanent, not the recipient's fault
 HTTP 5xx (any code but ``Throttling*``)           Unknown
 ``isp.SYSTEM_ERROR``, ``ServiceUnavailable``      Unknown
 HTTP 429, ``Throttling``, ``Throttling.*``        Transient, retry_after 60 s
@@ -99,7 +100,7 @@ from channels.base import (
     Unknown,
     resolve_secret,
 )
-from channels.http import make_client
+from channels.http import failure_from_transport_error, make_client, scrub
 
 ACTION = "SendSms"
 QUERY_ACTION = "QuerySendDetails"
@@ -125,9 +126,6 @@ MINUTE = 60.0
 HOUR = 3600.0
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
-
-#: Failures that happen before a byte of the request reaches Alibaba: safe to retry.
-NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError)
 
 
 # --------------------------------------------------------------------------------------------
@@ -510,28 +508,15 @@ class AliyunSmsChannel:
 
     async def send(self, prepared: Prepared) -> Receipt:
         """Sign the prepared parameters, POST them, and classify the answer."""
-        params = _load_params(prepared.payload)
         now = self._clock()
-        nonce = self._nonce()
-        if self.settings.signature == "v3":
-            wire = self._sign_v3(params, now, nonce)
-        else:
-            wire = self._sign_v2(params, now, nonce)
+        wire = self._sign(_load_params(prepared.payload), now)
         transcript = wire.transcript
         try:
             request = self._client.build_request("POST", wire.url, headers=wire.headers)
             response = await self._client.send(request)
-        except NOT_SENT_ERRORS as exc:
-            transcript["error"] = type(exc).__name__
-            raise Transient(
-                f"not sent, could not connect: {self._scrub(exc, wire)}", transcript=transcript
-            ) from None
         except httpx.TransportError as exc:
-            transcript["error"] = type(exc).__name__
-            raise Unknown(
-                f"may have been sent, {type(exc).__name__} after the request was written: "
-                f"{self._scrub(exc, wire)}",
-                transcript=transcript,
+            raise failure_from_transport_error(
+                exc, what="SendSms", transcript=transcript, secrets=self._secrets(wire)
             ) from None
         return self._interpret(response, transcript, now)
 
@@ -565,21 +550,16 @@ class AliyunSmsChannel:
         }
         if biz_id:
             params["BizId"] = biz_id
-        now = self._clock()
-        nonce = self._nonce()
-        if self.settings.signature == "v3":
-            wire = self._sign_v3(params, now, nonce)
-        else:
-            wire = self._sign_v2(params, now, nonce)
+        wire = self._sign(params, self._clock())
         transcript = wire.transcript
         try:
             request = self._client.build_request("POST", wire.url, headers=wire.headers)
             response = await self._client.send(request)
         except httpx.TransportError as exc:
             transcript["error"] = type(exc).__name__
+            said = scrub(str(exc) or type(exc).__name__, self._secrets(wire))
             raise Transient(
-                f"QuerySendDetails failed, {type(exc).__name__}: {self._scrub(exc, wire)}",
-                transcript=transcript,
+                f"QuerySendDetails failed, {type(exc).__name__}: {said}", transcript=transcript
             ) from None
         transcript["status"] = response.status_code
         return StatusAnswer(response.status_code, response.content, transcript)
@@ -640,13 +620,16 @@ class AliyunSmsChannel:
         transcript["request_headers"] = dict(headers)
         return _Wire(url, headers, transcript, signature)
 
-    def _scrub(self, exc: BaseException, wire: _Wire) -> str:
-        """An exception's text with anything credential-like removed (defence in depth)."""
-        text = str(exc) or type(exc).__name__
-        for secret in (self._access_key_secret, wire.signature, percent_encode(wire.signature)):
-            if secret:
-                text = text.replace(secret, "REDACTED")
-        return text
+    def _sign(self, params: dict[str, str], now: datetime) -> _Wire:
+        nonce = self._nonce()
+        if self.settings.signature == "v3":
+            return self._sign_v3(params, now, nonce)
+        return self._sign_v2(params, now, nonce)
+
+    def _secrets(self, wire: _Wire) -> tuple[str, ...]:
+        """What must never appear in an error text: the key secret and this request's
+        signature, also as it is percent-encoded in a V2 URL (defence in depth)."""
+        return (self._access_key_secret, wire.signature, percent_encode(wire.signature))
 
     def _interpret(
         self, response: httpx.Response, transcript: dict[str, Any], now: datetime

@@ -35,6 +35,7 @@ Answer                                                          Outcome
 ``SendStatusSet[].Code == "Ok"``                                Receipt, ``provider_id=SerialNo``
 connect error / connect or pool timeout / proxy                 Transient (nothing reached Tencent)
 read or write timeout, reset, protocol error                    Unknown
+invalid request (``LocalProtocolError``, bad URL scheme)        Permanent, not the recipient's fault
 HTTP 5xx                                                        Unknown
 ``InternalError``, ``InternalError.Timeout``,                   Unknown (the backend may have sent)
 ``.SendAndRecvFail``, ``.OtherError``, ``.UnknownError``
@@ -92,7 +93,7 @@ from channels.base import (
     Unknown,
     resolve_secret,
 )
-from channels.http import make_client
+from channels.http import failure_from_transport_error, make_client
 
 ACTION = "SendSms"
 PULL_STATUS_ACTION = "PullSmsSendStatus"
@@ -113,9 +114,6 @@ CHINA_TZ = timezone(timedelta(hours=8), "CST")
 #: Request-rate throttles do not say their window; a minute outlasts any per-second window.
 THROTTLE_RETRY_AFTER = 60.0
 HOUR = 3600.0
-
-#: Failures that happen before a byte of the request reaches Tencent: safe to retry.
-NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError)
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 
@@ -504,50 +502,8 @@ class TencentSmsChannel:
 
     async def send(self, prepared: Prepared) -> Receipt:
         """Sign the prepared body as is, POST it, and classify the answer for our number."""
-        payload = prepared.payload
         now = self._clock()
-        timestamp = int(now.timestamp())
-        signed_headers = {
-            "content-type": CONTENT_TYPE,
-            "host": self._host,
-            "x-tc-action": ACTION,
-        }
-        canonical, names = canonical_request("POST", "/", "", signed_headers, payload)
-        signature = sign(
-            self._secret_key, timestamp, SERVICE, string_to_sign(timestamp, SERVICE, canonical)
-        )
-        auth = authorization(self._secret_id, timestamp, SERVICE, names, signature)
-        headers = {
-            **signed_headers,
-            "x-tc-timestamp": str(timestamp),
-            "x-tc-version": API_VERSION,
-            "x-tc-region": self.settings.region,
-            "authorization": auth,
-        }
-        transcript: dict[str, Any] = {
-            "adapter": self.adapter,
-            "method": "POST",
-            "url": self._url,
-            "request_headers": {**headers, "authorization": redact_authorization(auth)},
-        }
-        try:
-            request = self._client.build_request(
-                "POST", self._url, headers=headers, content=payload
-            )
-            response = await self._client.send(request)
-        except NOT_SENT_ERRORS as exc:
-            transcript["error"] = type(exc).__name__
-            raise Transient(
-                f"not sent, could not connect: {self._scrub(exc, signature)}",
-                transcript=transcript,
-            ) from None
-        except httpx.TransportError as exc:
-            transcript["error"] = type(exc).__name__
-            raise Unknown(
-                f"may have been sent, {type(exc).__name__} after the request was written: "
-                f"{self._scrub(exc, signature)}",
-                transcript=transcript,
-            ) from None
+        response, transcript = await self._signed_post(ACTION, prepared.payload, now, "SendSms")
         return self._interpret(response, prepared.outgoing.recipient, transcript, now)
 
     async def pull_send_status(self, limit: int = 100) -> StatusAnswer:
@@ -561,13 +517,20 @@ class TencentSmsChannel:
         is the engine's job (``outreach.receipts``).
         """
         payload = canonical_json({"Limit": limit, "SmsSdkAppId": self.settings.sdk_app_id})
-        now = self._clock()
+        response, transcript = await self._signed_post(
+            PULL_STATUS_ACTION, payload, self._clock(), "PullSmsSendStatus"
+        )
+        transcript["status"] = response.status_code
+        return StatusAnswer(response.status_code, response.content, transcript)
+
+    async def _signed_post(
+        self, action: str, payload: bytes, now: datetime, what: str
+    ) -> tuple[httpx.Response, dict[str, Any]]:
+        """POST ``payload`` as ``action``, signed with TC3-HMAC-SHA256; the transcript holds
+        the request headers with the signature redacted. Transport failures are classified by
+        whether the request can have reached Tencent (:func:`failure_from_transport_error`)."""
         timestamp = int(now.timestamp())
-        signed_headers = {
-            "content-type": CONTENT_TYPE,
-            "host": self._host,
-            "x-tc-action": PULL_STATUS_ACTION,
-        }
+        signed_headers = {"content-type": CONTENT_TYPE, "host": self._host, "x-tc-action": action}
         canonical, names = canonical_request("POST", "/", "", signed_headers, payload)
         signature = sign(
             self._secret_key, timestamp, SERVICE, string_to_sign(timestamp, SERVICE, canonical)
@@ -590,34 +553,16 @@ class TencentSmsChannel:
             request = self._client.build_request(
                 "POST", self._url, headers=headers, content=payload
             )
-            response = await self._client.send(request)
-        except NOT_SENT_ERRORS as exc:
-            transcript["error"] = type(exc).__name__
-            raise Transient(
-                f"PullSmsSendStatus not sent, could not connect: {self._scrub(exc, signature)}",
-                transcript=transcript,
-            ) from None
+            return await self._client.send(request), transcript
         except httpx.TransportError as exc:
-            transcript["error"] = type(exc).__name__
-            raise Unknown(
-                f"PullSmsSendStatus answer lost ({type(exc).__name__}); the reports it carried "
-                f"may be gone: {self._scrub(exc, signature)}",
-                transcript=transcript,
+            raise failure_from_transport_error(
+                exc, what=what, transcript=transcript, secrets=(self._secret_key, signature)
             ) from None
-        transcript["status"] = response.status_code
-        return StatusAnswer(response.status_code, response.content, transcript)
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
     # -- internals ------------------------------------------------------------------------
-
-    def _scrub(self, exc: BaseException, signature: str) -> str:
-        """An exception's text with anything credential-like removed (defence in depth)."""
-        text = str(exc) or type(exc).__name__
-        for secret in (self._secret_key, signature):
-            text = text.replace(secret, "REDACTED")
-        return text
 
     def _interpret(
         self,

@@ -203,7 +203,33 @@ def _fetcher(app: App, offline: bool, progress: Callable[[str], None] | None = N
     return make_fetcher(app.sessions, offline=offline, progress=progress)
 
 
-@main.group("contacts", invoke_without_command=True)
+class PartyOrCommandGroup(click.Group):
+    """A group with an optional PARTY argument that does not swallow its subcommands' names.
+
+    A plain click group parses ``outreach contacts add lakala`` as "list party ``add``, then
+    run command ``lakala``", and ``outreach contacts lakala --json`` as "run command
+    ``--json``". Here a first word that names a subcommand is that subcommand (so a party
+    called ``add``, ``mark``, ``diff`` or ``tasks`` is listed with ``outreach contacts --json``
+    and a filter), and flags after a PARTY are the group's own flags.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        for i, arg in enumerate(args):
+            if arg == "--":
+                break
+            if arg.startswith("-"):
+                continue
+            if arg in self.commands:
+                # An empty PARTY in front: the group callback ignores it once a subcommand runs.
+                args = [*args[:i], "", *args[i:]]
+            elif all(rest.startswith("-") for rest in args[i + 1 :]):
+                # PARTY followed only by flags (--json, --help): the flags are the group's.
+                args = [*args[:i], *args[i + 1 :], arg]
+            break
+        return super().parse_args(ctx, args)
+
+
+@main.group("contacts", cls=PartyOrCommandGroup, invoke_without_command=True)
 @click.argument("party", required=False)
 @json_option
 @click.pass_context
