@@ -260,17 +260,7 @@ class ResponseReader:
     # -- bodies -----------------------------------------------------------------------------
 
     def _length_data(self) -> bytes | _Marker:
-        if not self._buf:
-            if self._eof:
-                raise ProtocolError("server closed the connection mid-body")
-            return NEED_DATA
-        take = min(self._remaining, len(self._buf))
-        piece = bytes(self._buf[:take])
-        del self._buf[:take]
-        self._remaining -= take
-        if not self._remaining:
-            self._state = "done"
-        return piece
+        return self._take("done")
 
     def _until_close(self) -> bytes | _Marker:
         if self._buf:
@@ -286,7 +276,7 @@ class ResponseReader:
         while True:
             state = self._state
             if state == "chunk_data":
-                return self._chunk_data()
+                return self._take("chunk_end")
             line = self._line()
             if line is None:
                 return NEED_DATA
@@ -304,7 +294,8 @@ class ResponseReader:
                 self._state = "done"
                 return END
 
-    def _chunk_data(self) -> bytes | _Marker:
+    def _take(self, then: str) -> bytes | _Marker:
+        """Up to ``_remaining`` bytes of a sized body or chunk; ``then`` once all are read."""
         if not self._buf:
             if self._eof:
                 raise ProtocolError("server closed the connection mid-body")
@@ -314,7 +305,7 @@ class ResponseReader:
         del self._buf[:take]
         self._remaining -= take
         if not self._remaining:
-            self._state = "chunk_end"
+            self._state = then
         return piece
 
     def _line(self) -> bytes | None:
