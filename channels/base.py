@@ -49,6 +49,11 @@ class Outgoing:
     params: Mapping[str, str] = field(default_factory=dict)  # SMS template parameters
     in_reply_to: tuple[str, ...] = ()  # Message-IDs of earlier notices of this case to this party
     sender_name: str | None = None  # who the notice is from (the merchant or their representative)
+    # The rest of [sender]: a letter's letterhead and return address, a call script's callback.
+    sender_organisation: str | None = None
+    sender_address: str | None = None
+    sender_phone: str | None = None
+    sender_email: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

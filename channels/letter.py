@@ -121,7 +121,8 @@ p { margin: 0 0 .6em; white-space: pre-wrap; }
 class LetterSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     dir: str = "var/letters"  # relative paths are resolved against the config file's folder
-    sender_name: str | None = None  # default: the engine's sender ([sender] name)
+    # Each defaults to the same field of [sender]; set one here only to differ on letters.
+    sender_name: str | None = None
     sender_organisation: str | None = None
     sender_address: str | None = None  # return address for the letterhead and the envelope
     sender_phone: str | None = None
@@ -222,11 +223,19 @@ class LetterChannel:
     def _sender(self, msg: Outgoing) -> list[str]:
         s = self.settings
         lines = [s.sender_name or msg.sender_name or ""]
-        org = s.sender_organisation
+        org = s.sender_organisation or msg.sender_organisation
         if org:
             framed = f" ({org})" if msg.language == "en" else f"（{org}）"
             lines[0] = f"{lines[0]}{framed}" if lines[0] else org
-        lines += [v for v in (s.sender_address, s.sender_phone, s.sender_email) if v]
+        lines += [
+            v
+            for v in (
+                s.sender_address or msg.sender_address,
+                s.sender_phone or msg.sender_phone,
+                s.sender_email or msg.sender_email,
+            )
+            if v
+        ]
         return [line for line in lines if line]
 
     def prepare(self, msg: Outgoing) -> Prepared:

@@ -141,7 +141,7 @@ class App:
             policy,
             limits=limits,
             concurrency=concurrency,
-            sender_name=self.config.sender.name,
+            sender=self.config.sender.model_dump(exclude={"reference_prefix"}),
             now=now,
         )
 

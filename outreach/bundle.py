@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from jinja2 import Environment, StrictUndefined
+from jinja2 import Environment, PackageLoader, StrictUndefined
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -590,6 +590,7 @@ def _case_facts(parsed: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 _ENV = Environment(
+    loader=PackageLoader("outreach", "templates"),
     autoescape=True,
     undefined=StrictUndefined,
     trim_blocks=True,
@@ -597,119 +598,8 @@ _ENV = Environment(
     keep_trailing_newline=True,
 )
 
-_REPORT_SOURCE = """<!DOCTYPE html>
-<html lang="zh-CN">
-<head>
-<meta charset="utf-8">
-<title>证据报告 Evidence report {{ reference }}</title>
-<style>
-  body { font-family: "Noto Serif CJK SC", "Source Han Serif SC", "SimSun", serif;
-         font-size: 11pt; line-height: 1.45; margin: 2em auto; max-width: 60em; color: #000; }
-  h1 { font-size: 18pt; margin: 0 0 .2em; }
-  h2 { font-size: 13pt; border-bottom: 1px solid #444; margin-top: 1.6em; }
-  .en { color: #444; }
-  table { border-collapse: collapse; width: 100%; margin: .5em 0; }
-  th, td { border: 1px solid #999; padding: .25em .4em; vertical-align: top; text-align: left; }
-  th { background: #eee; }
-  code, .hash { font-family: "DejaVu Sans Mono", monospace; font-size: 8.5pt; word-break: break-all; }
-  pre { white-space: pre-wrap; word-break: break-all; font-size: 8.5pt; background: #f6f6f6;
-        padding: .3em; margin: .2em 0; }
-  dl { margin: 0; } dt { font-weight: bold; float: left; clear: left; margin-right: .4em; }
-  dd { margin: 0; }
-  .muted { color: #666; }
-  @media print {
-    body { margin: 0; max-width: none; font-size: 10pt; }
-    h2 { page-break-after: avoid; }
-    tr, .event { page-break-inside: avoid; }
-    a { color: #000; text-decoration: none; }
-  }
-</style>
-</head>
-<body>
-<h1>证据报告 <span class="en">Evidence report</span></h1>
-<p>案件编号 <span class="en">Case reference</span>: <strong>{{ reference }}</strong><br>
-导出时间 <span class="en">Exported</span>: {{ exported_cst }} (北京时间 Beijing time) · {{ exported_utc }} UTC<br>
-事件 <span class="en">Events</span>: #1–#{{ head.seq }} · 链尾哈希 <span class="en">chain head</span>: <code>{{ head.hash }}</code></p>
-
-<h2>一、案件 <span class="en">The case</span></h2>
-<table>
-{% if facts.get('merchant') %}
-<tr><th>商户名称 <span class="en">Merchant</span></th><td>{{ facts.merchant.name }}</td></tr>
-<tr><th>商户编号 <span class="en">Merchant no.</span></th><td>{{ facts.merchant.merchant_no }}</td></tr>
-{% endif %}
-{% for t in facts.get('terminals') or [] %}
-<tr><th>终端 <span class="en">Terminal</span> {{ loop.index }}</th><td>终端号 {{ t.terminal_no }}{% if t.get('sn') %} · SN {{ t.sn }}{% endif %}{% if t.get('model') %} · {{ t.model }}{% endif %}<br>
-收单机构 <span class="en">acquirer</span>: {{ t.get('acquirer_name') or t.get('acquirer') or '' }}{% if t.get('acquirer_licence') %} ({{ t.acquirer_licence }}){% endif %}{% if t.get('agent_name') %}<br>
-代理商 <span class="en">agent</span>: {{ t.agent_name }}{% endif %}</td></tr>
-{% endfor %}
-{% if facts.get('goal') %}<tr><th>请求 <span class="en">Request</span></th><td>{{ goals.get(facts.goal, facts.goal) }}{% if facts.get('deposit') %} ({{ facts.deposit }}){% endif %}</td></tr>{% endif %}
-{% if facts.get('opened_on') %}<tr><th>立案日期 <span class="en">Opened</span></th><td>{{ facts.opened_on }}</td></tr>{% endif %}
-{% if facts.get('statement') %}<tr><th>陈述 <span class="en">Statement</span></th><td>{{ facts.statement }}</td></tr>{% endif %}
-</table>
-
-<h2>二、联系记录 <span class="en">Who was contacted, how, and how it ended</span></h2>
-{% if contacts %}
-<table>
-<tr><th>步骤<br><span class="en">Step</span></th><th>对象<br><span class="en">Party</span></th><th>方式<br><span class="en">Via</span></th><th>收件地址/号码<br><span class="en">Recipient</span></th><th>首次发送 (北京时间)<br><span class="en">First sent</span></th><th>结果<br><span class="en">Outcome</span></th><th>回执编号<br><span class="en">Provider id</span></th></tr>
-{% for c in contacts %}
-<tr><td>{{ c.step }}</td><td>{{ c.party }}</td><td>{{ c.via }}</td><td>{{ c.recipient }}</td><td>{{ c.first_try }}</td><td>{{ c.outcome }}<br><span class="muted">{{ c.outcome_at }}</span></td><td>{{ c.provider_id }}</td></tr>
-{% endfor %}
-</table>
-{% else %}
-<p class="muted">尚无发送记录。<span class="en">Nothing has been sent yet.</span></p>
-{% endif %}
-
-<h2>三、答复与回执 <span class="en">What they answered</span></h2>
-{% if answers %}
-<ul>
-{% for r in answers %}
-<li>#{{ r.seq }} {{ r.at_cst }} — {{ r.zh }} <span class="en">{{ r.en }}</span>{% for k, v in r.details[:6] %}; {{ k }}: {{ v }}{% endfor %}</li>
-{% endfor %}
-</ul>
-{% else %}
-<p>截至导出时未收到答复。<span class="en">No answer had been received when this bundle was exported.</span>
-服务器对每次发送的回应见下方时间线。<span class="en">The servers' replies to each send are quoted in the timeline below.</span></p>
-{% endif %}
-
-<h2>四、时间线 <span class="en">Timeline</span></h2>
-<p class="muted">每条事件的哈希 = SHA-256(上一条哈希 ‖ 事件正文)，见 VERIFY.md。
-<span class="en">Each event's hash = SHA-256(previous hash ‖ event body); see VERIFY.md.</span></p>
-<table>
-<tr><th>#</th><th>时间 (北京时间)<br><span class="en">Time (Beijing)</span></th><th>事件<br><span class="en">Event</span></th><th>内容<br><span class="en">Details</span></th></tr>
-{% for r in rows %}
-<tr class="event"><td>{{ r.seq }}</td><td>{{ r.at_cst }}<br><span class="muted">{{ r.at }}</span></td>
-<td>{{ r.zh }}<br><span class="en">{{ r.en }}</span></td>
-<td><dl>{% for k, v in r.details %}<dt>{{ k }}</dt><dd>{{ v }}</dd>{% endfor %}</dl>
-{% for f in r.files %}<div>{{ f.key }}: <a href="{{ f.path }}">{{ f.path }}</a> <span class="muted">({{ f.media_type }}, {{ f.size }} bytes)</span></div>{% endfor %}
-{% for path, text in r.quotes %}<div>回应 <span class="en">reply</span> ({{ path }}):<pre>{{ text }}</pre></div>{% endfor %}
-<div class="hash">hash {{ r.hash }}</div>
-{% if r.stamped %}<div class="muted">时间戳证明不晚于 <span class="en">time-stamped no later than</span> {{ r.stamped }} (北京时间)</div>{% endif %}</td></tr>
-{% endfor %}
-</table>
-
-<h2>五、可信时间戳 <span class="en">Trusted timestamps (RFC 3161)</span></h2>
-{% if anchors %}
-<table>
-<tr><th>覆盖至<br><span class="en">Covers events</span></th><th>时间戳时间<br><span class="en">Timestamp time</span></th><th>时间戳机构<br><span class="en">TSA</span></th><th>Merkle 根<br><span class="en">Merkle root</span></th><th>签名<br><span class="en">Signature</span></th></tr>
-{% for a in anchors %}
-<tr><td>#1–#{{ a.inclusion.leaf.seq }}</td><td>{{ a.gen_cst }} (北京时间)<br><span class="muted">{{ a.gen_utc }} UTC</span></td><td>{{ a.inclusion.anchor.tsa_url or "" }}</td><td class="hash">{{ a.inclusion.anchor.root }}</td><td>{{ a.signature }}</td></tr>
-{% endfor %}
-</table>
-{% if head.seq > anchored_seq %}
-<p>事件 #{{ anchored_seq + 1 }}–#{{ head.seq }} 尚无时间戳覆盖，仅受哈希链保护。
-<span class="en">Events #{{ anchored_seq + 1 }}–#{{ head.seq }} are not covered by a timestamp yet; only the hash chain protects them.</span></p>
-{% endif %}
-{% else %}
-<p>尚无时间戳。<span class="en">No timestamp covers this case yet: the events are protected by the hash chain only.</span></p>
-{% endif %}
-
-<h2>六、如何核验 <span class="en">How to check this</span></h2>
-<p>运行 <code>outreach audit verify-bundle 本文件.zip</code>，或按 VERIFY.md 用 <code>sha256sum</code> 与 <code>openssl ts -verify</code> 手工核验。
-<span class="en">Run <code>outreach audit verify-bundle THIS.zip</code>, or follow VERIFY.md to check by hand with <code>sha256sum</code> and <code>openssl ts -verify</code>.</span></p>
-<p class="muted">{{ generator }}</p>
-</body>
-</html>
-"""
+# The report's HTML lives beside the notice templates; it is read once, on first export.
+_REPORT_TEMPLATE = "bundle_report.html.j2"
 
 
 def _render_report(
@@ -729,7 +619,7 @@ def _render_report(
         }
         for a in anchored
     ]
-    html = _ENV.from_string(_REPORT_SOURCE).render(
+    html = _ENV.get_template(_REPORT_TEMPLATE).render(
         reference=case.reference,
         exported_cst=stamp.astimezone(clock.CST).strftime("%Y-%m-%d %H:%M:%S"),
         exported_utc=stamp.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),

@@ -322,7 +322,7 @@ class Dispatcher:
         owner: str | None = None,
         limits: Mapping[str, Sequence[RateLimit]] | None = None,
         concurrency: Mapping[str, int] | None = None,
-        sender_name: str | None = None,
+        sender: Mapping[str, str | None] | None = None,
         now: Callable[[], datetime] = clock.now,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
@@ -332,7 +332,8 @@ class Dispatcher:
         self.owner = owner or worker_id()
         self.limits = {name: list(caps) for name, caps in (limits or {}).items() if caps}
         self._limited = limited_channels(self.limits)
-        self.sender_name = sender_name
+        # [sender] as Outgoing fields: name, organisation, address, phone, email
+        self.sender = {f"sender_{k}": v for k, v in (sender or {}).items()}
         self.now = now
         self.sleep = sleep
         self._concurrency = {name: (concurrency or {}).get(name, 20) for name in channels}
@@ -615,7 +616,7 @@ class Dispatcher:
                 in_reply_to=tuple(
                     mid for step, mid in earlier.get((r.case_id, r.party_id), ()) if step < r.step
                 ),
-                sender_name=self.sender_name,
+                **self.sender,
             )
             try:
                 prepared = self.channels[r.channel].prepare(out)

@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -210,6 +210,21 @@ def _outgoing(kind: str, recipient: str, language: str = "zh-CN") -> Outgoing:
         params=n.sms_params,
         sender_name="张三",
     )
+
+
+def test_letterhead_comes_from_the_sender_unless_the_channel_overrides(tmp_path: Path) -> None:
+    msg = replace(
+        _outgoing("postal", "深圳市南山区科技园"),
+        sender_organisation="某某商户服务中心",
+        sender_address="广东省深圳市福田区福华路1号",
+        sender_phone="13800138000",
+    )
+    html = LetterChannel("letters", {"dir": str(tmp_path)}, {}).prepare(msg).payload.decode()
+    for text in ("张三（某某商户服务中心）", "广东省深圳市福田区福华路1号", "13800138000"):
+        assert text in html
+    settings = {"dir": str(tmp_path), "sender_address": "北京市西城区金融大街1号"}
+    html = LetterChannel("letters", settings, {}).prepare(msg).payload.decode()
+    assert "北京市西城区金融大街1号" in html and "福华路" not in html
 
 
 def test_letter_is_deterministic_and_inert(tmp_path: Path) -> None:
