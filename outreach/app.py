@@ -25,7 +25,7 @@ from outreach.ladder import PlanReport, plan_due
 from outreach.migrate import ensure_schema
 from outreach.proof import store_blob
 from outreach.ratelimit import parse_limit
-from outreach.retry import parse_duration
+from outreach.retry import in_transaction, parse_duration
 from outreach.store import ContactPoint, Party, make_engine, session_factory
 from outreach.sync import SyncReport, sync
 from sources.base import DeclaredContact, Fetcher
@@ -98,8 +98,10 @@ class App:
                 report = plan_due(s, self.config, registry.channel_kinds(), at=at, dry_run=True)
                 s.rollback()
                 return report
-        with self.sessions.begin() as s:
-            return plan_due(s, self.config, registry.channel_kinds(), at=at)
+        # A ladder pass is one transaction with nothing outside it: after a deadlock with
+        # another worker (PostgreSQL) it is simply run again.
+        kinds = registry.channel_kinds()
+        return in_transaction(self.sessions, lambda s: plan_due(s, self.config, kinds, at=at))
 
     def build_channels(self, env: Mapping[str, str]) -> dict[str, Channel]:
         adapters = registry.channel_adapters()

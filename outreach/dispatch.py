@@ -52,9 +52,7 @@ import asyncio
 import hashlib
 import logging
 import os
-import random
 import socket
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -62,7 +60,6 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, insert, or_, select, update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.dml import Update
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
@@ -89,7 +86,7 @@ from outreach.ratelimit import (
     longest_window,
     recent_sends,
 )
-from outreach.retry import Backoff, db_retryable
+from outreach.retry import Backoff, in_transaction
 from outreach.store import (
     Attempt,
     Case,
@@ -102,7 +99,6 @@ from outreach.store import (
 log = logging.getLogger("outreach.dispatch")
 
 DUE_STATES = ("queued", "retry", "unknown")
-_DB_TRIES = 5  # runs of one transaction that hit a deadlock or a busy database
 
 T = TypeVar("T")
 
@@ -358,21 +354,7 @@ class Dispatcher:
     # ------------------------------------------------------------------ plumbing
 
     def _transaction(self, work: Callable[[Session], T]) -> T:
-        """Run ``work`` in one transaction; run it again after a deadlock or a busy database.
-
-        Everything ``work`` does is inside the transaction (a retry starts from scratch), so
-        this is safe for claims and outcome records alike.
-        """
-        for run in range(1, _DB_TRIES + 1):
-            try:
-                with self.sessions.begin() as s:
-                    return work(s)
-            except DBAPIError as exc:
-                if run == _DB_TRIES or not db_retryable(exc):
-                    raise
-                log.warning("transaction rolled back (%s); running it again", exc.orig)
-                time.sleep(random.uniform(0.005, 0.05) * run)  # on the DB thread
-        raise AssertionError("unreachable")
+        return in_transaction(self.sessions, work)
 
     async def _in_db(self, fn: Callable[..., T], *args: Any) -> T:
         """Database work goes to the dispatcher's own thread while :meth:`run_once` runs."""

@@ -5,9 +5,15 @@ Kept apart from the dispatcher loop so it is unit-tested alone; tenacity consume
 
 from __future__ import annotations
 
+import logging
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
 from tenacity import RetryCallState
 
 from channels.base import Transient
@@ -60,3 +66,27 @@ def db_retryable(exc: BaseException) -> bool:
     if getattr(orig, "sqlstate", None) in _RETRYABLE_SQLSTATES:
         return True
     return type(orig).__name__ == "OperationalError" and "database is locked" in str(orig)
+
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+DB_TRIES = 5  # runs of one transaction that hit a deadlock or a busy database
+
+
+def in_transaction(sessions: sessionmaker[Session], work: Callable[[Session], T]) -> T:
+    """Run ``work`` in one transaction; run it again after a deadlock or a busy database.
+
+    Everything ``work`` does must be inside the transaction (a retry starts from scratch):
+    true of the dispatcher's claims and outcome records and of a ladder pass. Blocking (it
+    sleeps between runs), so call it from a thread when on an event loop.
+    """
+    for run in range(1, DB_TRIES + 1):
+        try:
+            with sessions.begin() as s:
+                return work(s)
+        except DBAPIError as exc:
+            if run == DB_TRIES or not db_retryable(exc):
+                raise
+            log.warning("transaction rolled back (%s); running it again", exc.orig)
+            time.sleep(random.uniform(0.005, 0.05) * run)
+    raise AssertionError("unreachable")

@@ -561,6 +561,39 @@ def test_deadlocks_run_the_transaction_again(bare: App) -> None:
     assert not db_retryable(sa.exc.IntegrityError("INSERT", {}, Exception("unique")))
 
 
+def test_a_ladder_pass_that_deadlocks_is_run_again(
+    bare: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """App.plan goes through the same retry as the dispatcher (PostgreSQL workers planning
+    at once can deadlock); the first, rolled-back run leaves nothing behind."""
+
+    class Deadlock(Exception):
+        sqlstate = "40P01"
+
+    import outreach.app as app_module
+
+    real = app_module.plan_due
+    runs: list[int] = []
+
+    def flaky(s: Any, *args: Any, **kw: Any) -> Any:
+        runs.append(1)
+        if len(runs) == 1:
+            s.execute(
+                sa.text(
+                    "INSERT INTO chains (name, head_seq, head_hash, updated_at) "
+                    "VALUES ('leftover', 0, '', '2026-01-01')"
+                )
+            )
+            raise sa.exc.OperationalError("UPDATE", {}, Deadlock("deadlock detected"))
+        return real(s, *args, **kw)
+
+    monkeypatch.setattr(app_module, "plan_due", flaky)
+    bare.plan()
+    assert len(runs) == 2
+    with bare.sessions() as s:
+        assert s.scalar(sa.text("SELECT count(*) FROM chains WHERE name = 'leftover'")) == 0
+
+
 async def test_changed_bytes_under_the_same_key_are_flagged(bare: App) -> None:
     seed(bare, ["+8613900000001"])
     clock = [datetime.now(UTC)]
