@@ -98,6 +98,9 @@ class TwilioSettings(BaseModel):
     auth_token_env: str | None = None
     api_key_sid: str | None = Field(default=None, pattern=r"^SK[0-9a-fA-F]{32}$")
     api_key_secret_env: str | None = None
+    # With an API key: the account's Auth Token, used only to verify status callbacks (Twilio
+    # signs them with the Auth Token whatever credential sent the message).
+    callback_auth_token_env: str | None = None
     from_number: str | None = Field(default=None, pattern=r"^\+[1-9][0-9]{1,14}$")
     messaging_service_sid: str | None = Field(default=None, pattern=r"^MG[0-9a-fA-F]{32}$")
     status_callback: str | None = Field(default=None, pattern=r"^https?://")
@@ -117,6 +120,11 @@ class TwilioSettings(BaseModel):
                 raise ValueError("set auth_token_env or api_key_sid + api_key_secret_env, not both")
         elif self.auth_token_env is None:
             raise ValueError("set auth_token_env (or api_key_sid + api_key_secret_env)")
+        elif self.callback_auth_token_env is not None:
+            raise ValueError(
+                "callback_auth_token_env is for API-key channels; auth_token_env already "
+                "verifies status callbacks"
+            )
         return self
 
 

@@ -279,6 +279,9 @@ class ReceiptsConfig(_Strict):
     listen: Annotated[str, Field(pattern=r"^[^:\s]+:\d{1,5}$")] = "127.0.0.1:8025"
     public_url: str | None = None  # the URL providers call, as they see it (Twilio signs it)
     poll_every: Annotated[str, Field(pattern=r"^\d+[smhd]$")] = "15m"
+    # Aliyun and Tencent sign nothing they push: with a secret token in the path
+    # (/receipts/<token>/aliyun) only someone who was told the URL can post a receipt.
+    path_token_env: str | None = None
 
 
 class Config(_Strict):

@@ -4,8 +4,8 @@
 ``POST /receipts/tencent``  Tencent status callback; reply ``{"result":0,"errmsg":"OK"}``
 ``POST /receipts/twilio``   Twilio status callback; ``X-Twilio-Signature`` checked first
 
-Built on asyncio streams with h11 (already a dependency: the channels' HTTP client frames with
-it) doing the HTTP/1.1 framing, rather than on a web framework: three routes do not need one,
+Built on asyncio streams with h11 (httpx's own HTTP/1.1 state machine, so already installed)
+doing the HTTP/1.1 framing, rather than on a web framework: three routes do not need one,
 and h11 gets keep-alive, chunked bodies and malformed requests right. Database work runs in a
 thread (SQLAlchemy sessions are synchronous), one transaction per request, and the provider's
 success reply is sent only after that transaction committed: a crash before the commit costs
@@ -15,9 +15,12 @@ for exactly that), and re-pushes are deduplicated (:mod:`outreach.receipts`).
 Twilio is the only provider here that signs its callbacks. The signature covers the URL
 Twilio called, so it is checked against ``[receipts].public_url`` + the request path (and the
 channel's own ``status_callback`` URL, if set); a request that fails the check gets 403 and
-leaves no trace in the database. Aliyun and Tencent pushes carry no signature: put the
-endpoint behind a path or network only they reach; a forged report can at worst claim a
-delivery, and every report keeps its exact bytes.
+leaves no trace in the database. Aliyun and Tencent pushes carry no signature: with
+``[receipts] path_token_env`` their routes move to ``/receipts/<token>/aliyun`` and
+``/receipts/<token>/tencent`` (the bare paths answer 404), so only whoever was given the URL
+can post; the token is compared in constant time and never logged or stored. Without it, keep
+the endpoint on a network only they reach. A forged report can at worst claim a delivery, and
+every report keeps its exact bytes.
 
 Stopping (:meth:`ReceiptServer.stop`) closes the listening socket, lets requests in flight
 finish and answer, and closes idle keep-alive connections.
@@ -27,8 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -58,6 +63,8 @@ log = logging.getLogger("outreach.receipts")
 
 ALIYUN_OK = json.dumps({"code": 0, "msg": "接收成功"}, ensure_ascii=False, separators=(",", ":"))
 TENCENT_OK = json.dumps({"result": 0, "errmsg": "OK"}, separators=(",", ":"))
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,}")
+
 ROUTES = {
     "/receipts/aliyun": "aliyun",
     "/receipts/tencent": "tencent",
@@ -84,26 +91,27 @@ def twilio_accounts(
 ) -> tuple[list[TwilioAccount], list[str]]:
     """Twilio accounts whose callbacks can be verified, and warnings for those that cannot.
 
-    Twilio signs callbacks with the account's Auth Token; a channel configured with an API key
-    instead has no token to check them with. ``ValueError`` when a named variable is unset.
+    Twilio signs callbacks with the account's Auth Token; a channel that sends with an API key
+    names it in ``callback_auth_token_env`` or its callbacks cannot be checked (and are
+    refused). ``ValueError`` when a named variable is unset.
     """
     accounts: list[TwilioAccount] = []
     warnings: list[str] = []
     for name, settings in config.channels.items():
         if settings.get("adapter") != ADAPTERS["twilio"]:
             continue
-        var = settings.get("auth_token_env")
+        key = "auth_token_env" if settings.get("auth_token_env") else "callback_auth_token_env"
+        var = settings.get(key)
         if not var:
             warnings.append(
-                f"channels.{name}: no auth_token_env, so its status callbacks cannot be "
-                "verified and will be refused (Twilio signs them with the Auth Token)"
+                f"channels.{name}: sends with an API key and has no callback_auth_token_env, so "
+                "its status callbacks cannot be verified and will be refused (Twilio signs "
+                "them with the account's Auth Token)"
             )
             continue
         token = env.get(str(var))
         if not token:
-            raise ValueError(
-                f"channels.{name}.auth_token_env: environment variable {var} is not set"
-            )
+            raise ValueError(f"channels.{name}.{key}: environment variable {var} is not set")
         callback = settings.get("status_callback")
         accounts.append(
             TwilioAccount(
@@ -150,6 +158,7 @@ class ReceiptServer:
         channels: Mapping[str, Collection[str]] | None = None,
         twilio: Sequence[TwilioAccount] = (),
         public_url: str | None = None,
+        path_token: str | None = None,
         now: Callable[[], datetime] = clock.now,
         max_body: int = MAX_BODY,
         idle_timeout: float = IDLE_TIMEOUT,
@@ -158,6 +167,11 @@ class ReceiptServer:
         self.channels = dict(channels or {})
         self.twilio = {a.account_sid: a for a in twilio}
         self.public_url = public_url.rstrip("/") if public_url else None
+        if path_token is not None and not _TOKEN.fullmatch(path_token):
+            raise ValueError(
+                "receipts.path_token_env: the token must be 16 or more letters, digits, - or _"
+            )
+        self._path_token = path_token
         self.now = now
         self.max_body = max_body
         self.idle_timeout = idle_timeout
@@ -172,11 +186,23 @@ class ReceiptServer:
         cls, sessions: sessionmaker[Session], config: Config, env: Mapping[str, str]
     ) -> tuple[ReceiptServer, list[str]]:
         accounts, warnings = twilio_accounts(config, env)
+        token = None
+        var = config.receipts.path_token_env
+        if var:
+            token = env.get(var)
+            if not token:
+                raise ValueError(f"receipts.path_token_env: environment variable {var} is not set")
+        elif channels_by_provider(config).keys() & {"aliyun", "tencent"}:
+            warnings.append(
+                "receipts: Aliyun and Tencent sign nothing they push; without "
+                "receipts.path_token_env anyone who can reach the endpoint can post a receipt"
+            )
         server = cls(
             sessions,
             channels=channels_by_provider(config),
             twilio=accounts,
             public_url=config.receipts.public_url,
+            path_token=token,
         )
         return server, warnings
 
@@ -320,8 +346,7 @@ class ReceiptServer:
     async def _handle(self, request: h11.Request, body: bytes) -> _Reply:
         self.stats.requests += 1
         target = request.target.decode("latin-1")
-        path = urlsplit(target).path
-        provider = ROUTES.get(path)
+        provider = self._route(urlsplit(target).path)
         if provider is None:
             return _Reply(404, b"not found\n")
         if request.method != b"POST":
@@ -376,6 +401,18 @@ class ReceiptServer:
             ),
         )
         return _json_reply(200, ALIYUN_OK if provider == "aliyun" else TENCENT_OK), result
+
+    def _route(self, path: str) -> str | None:
+        """The provider a path is for. With a path token, Aliyun and Tencent are served only
+        under ``/receipts/<token>/``; Twilio (whose callbacks are signed) under both."""
+        if self._path_token is None:
+            return ROUTES.get(path)
+        prefix, _, rest = path.partition("/receipts/")
+        token, _, name = rest.partition("/")
+        if prefix == "" and name and hmac.compare_digest(token, self._path_token):
+            return ROUTES.get(f"/receipts/{name}")
+        provider = ROUTES.get(path)
+        return provider if provider == "twilio" else None
 
     async def _twilio(self, request: h11.Request, target: str, body: bytes) -> _Reply:
         form = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)

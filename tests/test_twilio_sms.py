@@ -117,6 +117,7 @@ def test_is_a_channel() -> None:
         ({"auth_token_env": None}, "auth_token_env"),
         ({"api_key_sid": KEY_SID}, "api_key_sid and api_key_secret_env go together"),
         ({"api_key_sid": KEY_SID, "api_key_secret_env": "X"}, "not both"),
+        ({"callback_auth_token_env": "X"}, "callback_auth_token_env is for API-key channels"),
         ({"account_sid": "AC123"}, "account_sid"),
         ({"base_url": "ftp://x"}, "base_url"),
     ],
