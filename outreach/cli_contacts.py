@@ -19,7 +19,7 @@ from sqlalchemy import select
 from outreach import clock
 from outreach.app import App
 from outreach.cli import Ctx, _to_utc, contacts_cmd, json_option
-from outreach.discovery import (
+from outreach.contacts import (
     MANUAL_KINDS,
     ContactChange,
     ContactError,

@@ -27,7 +27,8 @@ from pytest_httpx import HTTPXMock
 
 from outreach import cli, registry
 from outreach.app import App
-from outreach.discovery import DiscoveryReport, RunFetcher, contact_changes, make_fetcher
+from outreach.contacts import contact_changes
+from outreach.discovery import DiscoveryReport, RunFetcher, make_fetcher
 from outreach.fetch import RetryPolicy
 from outreach.ladder import usable_contacts
 from outreach.models_contacts import HttpValidator, SourceStatus
