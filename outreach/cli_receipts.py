@@ -22,14 +22,8 @@ from outreach.app import App
 from outreach.cli import Ctx, json_option, main
 from outreach.models_receipts import DeliveryReceipt
 from outreach.output import emit
-from outreach.receipts import (
-    PollReport,
-    build_status_channels,
-    channels_by_provider,
-    describe_receipt,
-    ingest_rematch,
-    poll_receipts,
-)
+from outreach.receipts import channels_by_provider, describe_receipt, ingest_rematch
+from outreach.receipts_poll import PollReport, build_status_channels, poll_receipts
 from outreach.receipts_server import ReceiptServer, listen_address
 from outreach.retry import parse_duration
 from outreach.store import Attempt, Case, Notice

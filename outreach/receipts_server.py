@@ -46,15 +46,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from channels.twilio_sms import validate_twilio_signature
 from outreach import clock
 from outreach.config import Config
-from outreach.receipts import (
-    ADAPTERS,
-    IngestReport,
+from outreach.receipt_formats import (
     ReceiptFormatError,
-    channels_by_provider,
-    ingest,
     parse_aliyun_push,
     parse_tencent_push,
     parse_twilio_status,
+)
+from outreach.receipts import (
+    ADAPTERS,
+    IngestReport,
+    channels_by_provider,
+    ingest,
     record_reports,
     record_unreadable,
 )

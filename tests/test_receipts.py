@@ -41,22 +41,19 @@ from outreach.app import App
 from outreach.cli import main
 from outreach.models_receipts import DeliveryReceipt
 from outreach.proof import all_chains, verify_chain
-from outreach.receipts import (
-    ADAPTERS,
-    UNMATCHED_CHAIN,
+from outreach.receipt_formats import (
     DeliveryReport,
     ProviderAnswerError,
     ReceiptFormatError,
-    build_status_channels,
     dedupe_key,
-    ingest_rematch,
     parse_aliyun_push,
     parse_aliyun_query,
     parse_tencent_pull,
     parse_tencent_push,
     parse_twilio_status,
-    poll_receipts,
 )
+from outreach.receipts import ADAPTERS, UNMATCHED_CHAIN, ingest_rematch
+from outreach.receipts_poll import build_status_channels, poll_receipts
 from outreach.receipts_server import ALIYUN_OK, TENCENT_OK, ReceiptServer
 from outreach.store import Attempt, Blob, ContactPoint, Event
 
