@@ -1,18 +1,29 @@
 """Many rows in one statement, without SQLAlchemy's per-row work: the dispatcher's hot writes.
 
-A Core ``session.execute(stmt, rows)`` builds a parameter dictionary per row and runs every
-value through generic processing; for the dispatcher that was about a tenth of the CPU of
-sending an SMS (py-spy, ``bench/sms_pipeline.py``): each notice writes about ten rows (event,
-chain head, blob, attempt, send, twice over). Here the statement is compiled once per dialect,
-each column's own bind processor (the same one SQLAlchemy would apply: ``UTCDateTime`` to naive
-UTC, then the dialect's datetime format) is looked up once, and the driver gets tuples or
-dictionaries straight through ``exec_driver_sql``. The SQL text is SQLAlchemy's own, so both
-engines get exactly the statements they got before; ``tests/test_bulk.py`` checks that rows
-written both ways read back identical.
+Two costs, both measured with ``bench/sms_pipeline.py``:
+
+- A Core ``session.execute(stmt, rows)`` builds a parameter dictionary per row and runs every
+  value through generic processing: about a tenth of the CPU of sending an SMS, where each
+  notice writes about ten rows (event, chain head, blob, attempt, send, twice over). Here the
+  statement is compiled once per dialect, each column's own bind processor (the one
+  SQLAlchemy would apply: ``UTCDateTime`` to naive UTC, then the dialect's datetime format) is
+  looked up once, and the driver gets the values straight through ``exec_driver_sql``.
+- ``sqlite3``'s ``executemany`` releases the GIL around every row's step and must win it back
+  from the event loop's thread to bind the next row: a convoy. 200 rows took 2.5 ms alone and
+  over a second beside a thread busy in Python (``bench/RESULTS.md``). On SQLite the rows
+  therefore go as one multi-row statement per chunk - ``INSERT ... VALUES (...), (...)`` and
+  ``UPDATE ... FROM (VALUES ...)`` (SQLite 3.33+) - one step, one hand-over. PostgreSQL keeps
+  psycopg's pipelined ``executemany``.
+
+The SQL is SQLAlchemy's own, compiled once; the multi-row forms are built from it by
+repeating its VALUES group or moving its SET values into a VALUES list. ``tests/test_bulk.py``
+checks that rows written these ways read back identical to rows written through Core.
 """
 
 from __future__ import annotations
 
+import re
+import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -37,6 +48,17 @@ class _Plan:
     names: tuple[str, ...]  # bind names, in statement order
     processors: tuple[Callable[[Any], Any] | None, ...]
     positional: bool
+    # SQLite: (head, group, tail) with "head + group*n joined by ', ' + tail" taking n rows
+    many: tuple[str, str, str] | None = None
+    key_index: int | None = None  # UPDATE ... FROM: where each row's key is, to spot repeats
+
+
+#: Most host parameters one SQLite statement takes (SQLITE_MAX_VARIABLE_NUMBER): 32,766 since
+#: 3.32.0, 999 before.
+_SQLITE_MAX_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+_SQLITE_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
+_INSERT_VALUES = re.compile(r"^(INSERT INTO .+?\) VALUES )(\((?:\?, )*\?\))(.*)$", re.S)
+_UPDATE_BY_KEY = re.compile(r"^UPDATE (\w+) SET (.+) WHERE (\w+)\.(\w+) = \?$", re.S)
 
 
 _plans: dict[tuple[int, str, tuple[str, ...]], tuple[ValuesBase, _Plan]] = {}
@@ -89,9 +111,33 @@ def _plan(stmt: ValuesBase, dialect: Dialect, keys: tuple[str, ...]) -> _Plan:
     processors = tuple(
         compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
     )
-    plan = _Plan(compiled.string, names, processors, positional)
+    sql = compiled.string
+    many, key_index = None, None
+    if dialect.name == "sqlite":
+        many, key_index = _sqlite_many(sql, len(names))
+    plan = _Plan(sql, names, processors, positional, many, key_index)
     _plans[cache_key] = (stmt, plan)  # the statement is kept alive, so its id stays its own
     return plan
+
+
+def _sqlite_many(sql: str, params: int) -> tuple[tuple[str, str, str] | None, int | None]:
+    """The multi-row form of a one-row SQLite INSERT or UPDATE-by-key, or (None, None)."""
+    m = _INSERT_VALUES.match(sql)
+    if m and m[2].count("?") == params:
+        return (m[1], m[2], m[3]), None
+    m = _UPDATE_BY_KEY.match(sql) if _SQLITE_UPDATE_FROM else None
+    if m is None:
+        return None, None
+    table, sets, key_table, key = m[1], m[2].split(", "), m[3], m[4]
+    columns = [c.split("=", 1) for c in sets]
+    if key_table != table or any(v != "?" for _c, v in columns) or len(columns) + 1 != params:
+        return None, None
+    assigned = ", ".join(f"{c}=v.column{i}" for i, (c, _v) in enumerate(columns, 1))
+    # Identifiers from SQLAlchemy's own compiled statement; every value stays a parameter.
+    head = f"UPDATE {table} SET {assigned} FROM (VALUES "  # noqa: S608
+    group = "(" + ", ".join(["?"] * params) + ")"
+    tail = f") AS v WHERE {table}.{key} = v.column{params}"
+    return (head, group, tail), params - 1
 
 
 def executemany(session: Session, stmt: Insert | Update, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -121,4 +167,17 @@ def executemany(session: Session, stmt: Insert | Update, rows: Sequence[Mapping[
             }
             for row in rows
         ]
-    conn.exec_driver_sql(plan.sql, params)
+    many = plan.many
+    if many is not None and plan.key_index is not None:
+        keys = [row[plan.key_index] for row in params]
+        if len(set(keys)) != len(keys):
+            many = None  # UPDATE ... FROM would apply only one of a key's rows
+    if many is None:
+        conn.exec_driver_sql(plan.sql, params)
+        return
+    head, group, tail = many
+    per = max(1, _SQLITE_MAX_PARAMS // len(names))
+    for start in range(0, len(params), per):
+        chunk = params[start : start + per]
+        sql = head + ", ".join([group] * len(chunk)) + tail
+        conn.exec_driver_sql(sql, tuple(v for row in chunk for v in row))

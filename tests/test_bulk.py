@@ -97,3 +97,33 @@ def test_nothing_to_write_runs_nothing(sessions: sessionmaker[Session]) -> None:
     with sessions.begin() as s:
         executemany(s, _CHAINS, [])
         assert s.scalar(sa.select(sa.func.count()).select_from(Chain)) == 0
+
+
+def test_many_rows_in_chunks_and_repeated_keys(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More rows than one statement may carry go in several; an UPDATE naming a key twice
+    falls back to one statement per row, so the later row wins as it would in order."""
+    import outreach.bulk as bulk
+
+    monkeypatch.setattr(bulk, "_SQLITE_MAX_PARAMS", 40)  # 10 rows of 4 per statement
+    at = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+    rows = [
+        {"name": f"n:{i:03d}", "head_seq": i, "head_hash": f"{i:064x}", "updated_at": at}
+        for i in range(95)
+    ]
+    update = (
+        sa.update(table_of(Chain))
+        .where(table_of(Chain).c.name == sa.bindparam("b_name"))
+        .values(head_seq=sa.bindparam("b_seq"))
+    )
+    with sessions.begin() as s:
+        executemany(s, _CHAINS, rows)
+        executemany(
+            s, update, [{"b_name": r["name"], "b_seq": 1000 + i} for i, r in enumerate(rows)]
+        )
+        executemany(s, update, [{"b_name": "n:000", "b_seq": 1}, {"b_name": "n:000", "b_seq": 2}])
+    with sessions() as s:
+        got = dict(s.execute(sa.select(Chain.name, Chain.head_seq)).all())
+    assert len(got) == 95
+    assert got["n:000"] == 2 and got["n:094"] == 1094
