@@ -42,6 +42,7 @@ from smtp_pipeline import Database
 from channels.http import make_client
 from outreach.app import App
 from outreach.proof import all_chains, verify_chain
+from outreach.runtime import tune_gc
 from outreach.store import Attempt
 
 RECIPIENT = "+86139{i:08d}"
@@ -132,6 +133,7 @@ async def child_worker(config: str, go: str) -> None:
     """One of ``--workers`` processes: ready everything, wait for the start signal, dispatch."""
     app = App.open(Path(config), migrate=False)
     dispatcher = app.dispatcher(app.build_channels(os.environ))
+    tune_gc()  # as `outreach worker` does
     print("ready", flush=True)
     while not os.path.exists(go):
         await asyncio.sleep(0.001)
@@ -225,6 +227,8 @@ def main() -> int:
     if args.child_worker:
         asyncio.run(child_worker(*args.child_worker))
         return 0
+    # Both sides run with the garbage-collector settings `outreach run` and `worker` use.
+    tune_gc()
     if args.smoke:
         args.n, args.rounds = 1000, 1
     n, conc, delay = args.n, args.concurrency, args.delay

@@ -62,6 +62,7 @@ from _sinks import PLACEHOLDER_REF, SmtpSink, peak_rss_mb, sample_notice, seed_q
 
 from outreach.app import App
 from outreach.proof import all_chains, verify_chain
+from outreach.runtime import tune_gc
 from outreach.store import Attempt
 
 FROM = "zhangsan@example.com"
@@ -318,6 +319,7 @@ def rss_mb() -> float:
 
 
 def child_dispatch(config: str, trace: bool) -> None:
+    tune_gc()  # as `outreach run` and `outreach worker` do
     before = rss_mb()
     elapsed, report, peak = asyncio.run(dispatch(Path(config), trace=trace))
     maxrss = peak_rss_mb()
@@ -358,6 +360,8 @@ def main() -> int:
     if args.child_dispatch:
         child_dispatch(args.child_dispatch, args.trace)
         return 0
+    # Every side runs with the garbage-collector settings `outreach run` and `worker` use.
+    tune_gc()
     if args.smoke:
         # small enough for CI; the batch is cut too, so that both memory sizes exceed it
         args.n, args.apprise_n, args.memory, args.batch = 300, 40, True, 50

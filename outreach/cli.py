@@ -23,6 +23,7 @@ from outreach.config import ConfigError, config_path
 from outreach.ladder import case_ladder, case_warnings, describe, step_due
 from outreach.output import emit, table
 from outreach.proof import verify_chains
+from outreach.runtime import tune_gc
 from outreach.store import Attempt, Case, Event, Notice
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -347,6 +348,7 @@ def run_cmd(c: Ctx, at: datetime | None, offline: bool, as_json: bool) -> None:
     Safe to run again at once (or from cron): a ladder step is never sent twice.
     """
     app = c.app()
+    tune_gc()
     when = _to_utc(at)
     synced = app.sync(at=when)
     discovered = _discover(app, offline=offline)

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from outreach.cli import Ctx, _at_option, _to_utc, main
 from outreach.ladder import CaseStateError, change_case_state
 from outreach.retry import parse_duration
+from outreach.runtime import tune_gc
 from outreach.scheduler import (
     DEFAULT_DISCOVER_EVERY,
     Worker,
@@ -100,6 +101,7 @@ def worker_cmd(
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
     app = c.app()
+    tune_gc()
     configured = getattr(app.config.schedule, "discover_every", None)
     every = _duration(discover_every or configured or DEFAULT_DISCOVER_EVERY, "--discover-every")
     try:

@@ -41,18 +41,17 @@ def canonical_json(obj: Any) -> bytes:
     Floats are refused: their text form differs between languages, and an independent
     verifier must be able to reproduce every byte.
     """
-    return json.dumps(
-        obj,
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-        default=_refuse,
-    ).encode("utf-8")
+    return _CANONICAL.encode(obj).encode("utf-8")
 
 
 def _refuse(value: Any) -> Any:
     raise TypeError(f"not allowed in an event: {type(value).__name__} {value!r}")
+
+
+# One encoder for every event (json.dumps would build one per call, for every event written).
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_refuse
+)
 
 
 def _check_no_floats(obj: Any) -> None:
@@ -560,7 +559,10 @@ def jsonable(value: Any) -> Any:
             )
         return out
     if kind is list or kind is tuple:
-        return [jsonable(v) for v in value]
+        return [
+            v if (vk := type(v)) is str or vk is int or vk is bool or v is None else jsonable(v)
+            for v in value
+        ]
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
