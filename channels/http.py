@@ -22,9 +22,11 @@ unchanged. The pool (:class:`_Pool`) is O(1) per request: idle connections sit i
 LIFO stacks, a freed slot wakes one waiter, and each connection is an
 :class:`asyncio.Protocol` that learns about a peer close from the event loop instead of by
 polling. Framing is :mod:`channels.http11`, a strict sans-IO HTTP/1.1 reader written for
-this one case (one request at a time per kept-alive connection); it replaced h11, which cost a
-quarter of the client's CPU (0.47-0.54 ms per request with h11, 0.39-0.40 ms without, same
-machine and hour). :class:`GatewayClient` also skips cookie bookkeeping. ``bench/sms_http.py``
+this one case (one request at a time per kept-alive connection); it replaced h11, and the
+client now runs 0.89 M instead of 1.23 M CPU instructions per request (-28 %, callgrind,
+``bench/RESULTS.md``; the kernel's share of a request is not in that count, and timed runs on
+this shared machine vary more than the difference). :class:`GatewayClient` also skips cookie
+bookkeeping. ``bench/sms_http.py``
 measures the result against the stock client side by side: on a quiet 2-core machine, about
 89-91 % of the ideal rate against 29 % (N=5000, concurrency 100, 50 ms gateway).
 
