@@ -19,8 +19,9 @@ from sqlalchemy import func, select
 
 from outreach import __version__, clock
 from outreach.app import App
+from outreach.case_warnings import case_warnings
 from outreach.config import ConfigError, config_path
-from outreach.ladder import case_ladder, case_warnings, describe, step_due
+from outreach.ladder import case_ladder, describe, step_due
 from outreach.output import emit, table
 from outreach.proof import verify_chains
 from outreach.runtime import tune_gc

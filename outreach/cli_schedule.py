@@ -18,8 +18,8 @@ from pathlib import Path
 import click
 from sqlalchemy import select
 
+from outreach.case_state import CaseStateError, change_case_state
 from outreach.cli import Ctx, _at_option, _to_utc, main
-from outreach.ladder import CaseStateError, change_case_state
 from outreach.retry import parse_duration
 from outreach.runtime import tune_gc
 from outreach.scheduler import (

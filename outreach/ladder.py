@@ -14,7 +14,7 @@ One pass (:func:`plan_due`) makes three kinds of decision, each chained on the c
    on contacts now marked bad, the notice goes to the party's next usable contact of that
    kind — or, for a step in mode ``first``, of the next kind (``fallback``), as MuckRock-style
    systems do. With nothing left the route is a dead end (``no_channel``): it is reported
-   once, shown by :func:`case_warnings`, and the ladder moves on at its own pace.
+   once, shown by :func:`outreach.case_warnings.case_warnings`, and the ladder moves on at its own pace.
 3. **Plan.** The next step of each open case, once due in working days (``step_due``, then
    ``step_planned`` or ``step_skipped``).
 
@@ -28,7 +28,6 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from pydantic import ValidationError
@@ -41,7 +40,7 @@ from outreach.models_schedule import ExhaustedRoute
 from outreach.notices import VIA_NAMES, NoticeContext, render
 from outreach.proof import record_event, store_blob
 from outreach.store import Attempt, Case, ContactPoint, Notice, Party
-from outreach.workdays import add_working_days, calendar_gaps
+from outreach.workdays import add_working_days
 from sources.normalize import is_mobile
 
 # Contact-point kinds that can carry each ``via`` kind.
@@ -783,7 +782,7 @@ def fall_back(
     a new attempt (which makes it live again) or an :class:`ExhaustedRoute` row (which makes
     it settled). A failure that is not the contact's fault (an unapproved template, a
     channel misconfiguration) is not re-routed — the next contact would fail the same way —
-    and is shown by :func:`case_warnings` instead.
+    and is shown by :func:`outreach.case_warnings.case_warnings` instead.
     """
     done: list[Decision] = []
     notices = session.scalars(
@@ -896,216 +895,6 @@ def _reroute(
     if not dry_run:
         _mark_exhausted(session, case, notice, party, route, reason, tried, at)
     return Decision(case.reference, notice.step, "no_channel", party.key, reason)
-
-
-# ------------------------------------------------------------------------ case state
-
-
-@dataclass(frozen=True)
-class _Transition:
-    sources: frozenset[str]
-    target: str
-    event: str
-
-
-TRANSITIONS = {
-    "pause": _Transition(frozenset({"open", "replied"}), "paused", "case_paused"),
-    "resume": _Transition(frozenset({"paused", "replied"}), "open", "case_resumed"),
-    "resolve": _Transition(
-        frozenset({"open", "paused", "replied", "stopped"}), "resolved", "case_resolved"
-    ),
-    "stop": _Transition(frozenset({"open", "paused", "replied"}), "stopped", "case_stopped"),
-}
-
-
-class CaseStateError(Exception):
-    """The case cannot make this transition from where it stands."""
-
-
-@dataclass
-class StateChange:
-    reference: str
-    before: str
-    after: str
-    changed: bool
-    cancelled: int = 0
-    requeued: int = 0
-    stale: int = 0  # cancelled attempts left cancelled on resume: their deadline has passed
-
-
-def change_case_state(
-    session: Session, case: Case, action: str, note: str | None, *, at: datetime | None = None
-) -> StateChange:
-    """Pause, resume, resolve or stop ``case``, chaining the change and its consequences.
-
-    Pausing, resolving and stopping cancel what has not left yet. Resuming re-queues the
-    attempts a stop cancelled whose notice deadline is still ahead (a notice whose deadline
-    has passed would ask for an answer by a day already gone); the ladder then continues
-    from its pointer, a step overdue during the pause going out at the next pass.
-    Asking for the state the case is already in changes nothing.
-    """
-    now = at or clock.now()
-    rule = TRANSITIONS[action]
-    before = case.state
-    if before == rule.target:
-        return StateChange(case.reference, before, before, changed=False)
-    if before not in rule.sources:
-        allowed = ", ".join(sorted(rule.sources))
-        raise CaseStateError(
-            f"{case.reference} is {before}; {action} applies to a case that is {allowed}"
-        )
-    take_planning_lock(session)
-    change = StateChange(case.reference, before, rule.target, changed=True)
-    record_event(
-        session,
-        case.chain,
-        rule.event,
-        {"from": before, "to": rule.target, "note": note or ""},
-        case_id=case.id,
-        at=now,
-    )
-    case.state = rule.target
-    case.updated_at = now
-    if rule.target in STOP_STATES:
-        change.cancelled = cancel_case_attempts(session, case, f"case {rule.target}", at=now)
-    elif action == "resume":
-        change.requeued, change.stale = _requeue(session, case, now)
-    session.flush()
-    return change
-
-
-def _requeue(session: Session, case: Case, now: datetime) -> tuple[int, int]:
-    today = clock.today(now)
-    rows = session.execute(
-        select(Attempt, Notice, Party)
-        .join(Notice, Attempt.notice_id == Notice.id)
-        .join(Party, Notice.party_id == Party.id)
-        .where(Notice.case_id == case.id, Attempt.state == "cancelled")
-        .order_by(Attempt.id)
-    ).all()
-    requeued = stale = 0
-    for a, notice, party in rows:
-        if notice.deadline < today:
-            stale += 1
-            continue
-        record_event(
-            session,
-            case.chain,
-            "attempt_requeued",
-            {
-                "attempt": a.id,
-                "step": notice.step,
-                "party": party.key,
-                "recipient": a.recipient,
-                "reason": "case resumed",
-                "deadline": notice.deadline.isoformat(),
-            },
-            case_id=case.id,
-            attempt_id=a.id,
-            at=now,
-        )
-        a.state = "queued"
-        a.last_error = None
-        a.next_try_at = now
-        a.updated_at = now
-        requeued += 1
-    return requeued, stale
-
-
-# ------------------------------------------------------------------------ warnings
-
-
-def _calendar_version() -> str:
-    try:
-        return version("chinesecalendar")
-    except PackageNotFoundError:  # pragma: no cover - it is a dependency
-        return "?"
-
-
-def case_warnings(
-    session: Session,
-    config: Config,
-    case: Case,
-    *,
-    at: datetime | None = None,
-    overrides: Overrides | None = None,
-) -> list[str]:
-    """What a user must know about ``case`` that its state alone does not say.
-
-    Dead ends (no good channel left), failures that are not a contact's fault, a next step
-    that has no one or nothing to go to, and years whose holiday calendar is not published
-    yet (working days there are counted Monday–Friday). Meant for ``outreach status``.
-    """
-    today = clock.today(at)
-    ladder = case_ladder(config, case, overrides)
-    if ladder is None:
-        return [f"plan {case.plan!r} is not in the config: the ladder cannot move"]
-    out: list[str] = []
-    dead = session.execute(
-        select(ExhaustedRoute, Notice, Party)
-        .join(Notice, ExhaustedRoute.notice_id == Notice.id)
-        .join(Party, Notice.party_id == Party.id)
-        .where(Notice.case_id == case.id)
-        .order_by(Notice.step, Party.key, ExhaustedRoute.route)
-    ).all()
-    for route, notice, party in dead:
-        reached = sorted(
-            set(
-                session.scalars(
-                    select(Attempt.kind).where(
-                        Attempt.notice_id == notice.id, Attempt.state.in_(REACHED_STATES)
-                    )
-                )
-            )
-        )
-        what = f"step {notice.step + 1} ({notice.template}) to {party.key}"
-        if reached:
-            out.append(f"{what}: {route.reason}; reached by {', '.join(reached)} only")
-        else:
-            out.append(f"{what}: no good channel left ({route.reason}); the ladder moved on")
-    failed = session.execute(
-        select(Attempt, Notice, Party, ContactPoint)
-        .join(Notice, Attempt.notice_id == Notice.id)
-        .join(Party, Notice.party_id == Party.id)
-        .join(ContactPoint, Attempt.contact_point_id == ContactPoint.id)
-        .where(Notice.case_id == case.id, Attempt.state == "failed", ContactPoint.status != "bad")
-        .order_by(Attempt.id)
-    ).all()
-    for a, notice, party, _cp in failed:
-        out.append(
-            f"step {notice.step + 1} to {party.key} via {a.kind} ({a.recipient}) failed: "
-            f"{a.last_error or 'no detail'} — not the contact's fault; check channel {a.channel!r}"
-        )
-    if case.state == "open" and case.active and case.next_step < len(ladder.steps):
-        out += _next_step_warnings(session, config, case, ladder)
-    years = calendar_gaps(min(case.opened_on, today), projected_end(case, ladder, today))
-    for year in years:
-        out.append(
-            f"no official holiday calendar for {year} in chinesecalendar {_calendar_version()}: "
-            f"working days in {year} are counted Monday–Friday until the package is updated"
-        )
-    return out
-
-
-def _next_step_warnings(
-    session: Session, config: Config, case: Case, ladder: CaseLadder
-) -> list[str]:
-    index = case.next_step
-    step = ladder.steps[index]
-    what = f"next step {index + 1} ({step.template})"
-    if index in ladder.skip:
-        return [f"{what} is skipped for this case (override)"]
-    parties = target_parties(session, case, step)
-    if not parties:
-        return [f"{what}: no active party for {step.to!r}; it will be skipped"]
-    out: list[str] = []
-    for party in parties:
-        if not any(usable_contacts(session, party, via) for via in step.via):
-            out.append(
-                f"{what} to {party.key}: no usable contact for {', '.join(step.via)} "
-                "(run discovery or add one under [parties])"
-            )
-    return out
 
 
 # ------------------------------------------------------------------------ display

@@ -19,14 +19,9 @@ import sqlalchemy as sa
 from channels.base import Outgoing, Permanent, Prepared, Receipt
 from outreach import clock, registry
 from outreach.app import App
+from outreach.case_warnings import case_warnings
 from outreach.dispatch import Dispatcher, DispatchPolicy
-from outreach.ladder import (
-    apply_overrides,
-    case_warnings,
-    config_overrides,
-    describe,
-    plan_due,
-)
+from outreach.ladder import apply_overrides, config_overrides, describe, plan_due
 from outreach.models_schedule import ExhaustedRoute
 from outreach.proof import all_chains, verify_chain
 from outreach.retry import Backoff
