@@ -77,15 +77,7 @@ from channels.base import (
 from outreach import clock
 from outreach.bulk import executemany, in_chunks, table_of
 from outreach.proof import NewEvent, append_events, jsonable, store_blobs
-from outreach.ratelimit import (
-    channel_usage,
-    channel_wait,
-    earliest_allowed,
-    limited_channels,
-    lock_recipients,
-    longest_window,
-    recent_sends,
-)
+from outreach.ratelimit import ClaimGate, limited_channels
 from outreach.retry import Backoff, in_transaction
 from outreach.store import (
     Attempt,
@@ -247,62 +239,6 @@ def _update_attempts(session: Session, rows: Sequence[dict[str, Any]]) -> None:
             _attempt_update(columns),
             [{f"b_{k}": v for k, v in row.items()} for row in group],
         )
-
-
-# ---------------------------------------------------------------------- rate limits
-
-
-class _Gate:
-    """The caps of one claim: send history read once (under the advisory locks), then updated
-    in memory as the claim admits sends, so two attempts to one number in the same batch are
-    counted against each other."""
-
-    def __init__(self, limits: Mapping[str, Sequence[RateLimit]], now: datetime) -> None:
-        self.limits = limits
-        self.now = now
-        self.history: dict[tuple[str, str], list[datetime]] = {}
-        self.channel_use: dict[str, list[tuple[RateLimit, int, datetime | None]]] = {}
-
-    def load(self, session: Session, rows: Sequence[Any]) -> None:
-        by_channel: dict[str, set[str]] = {}
-        for r in rows:
-            by_channel.setdefault(r.channel, set()).add(r.recipient)
-        keys: set[tuple[str, str]] = set()
-        for channel, recipients in by_channel.items():
-            caps = self.limits[channel]
-            if longest_window(caps, "recipient") is not None:
-                keys.update((channel, r) for r in recipients)
-            if longest_window(caps, "channel") is not None:
-                keys.add((channel, "*"))
-        lock_recipients(session, keys)
-        for channel, recipients in by_channel.items():
-            caps = self.limits[channel]
-            longest = longest_window(caps, "recipient")
-            if longest is not None:
-                since = self.now - timedelta(seconds=longest)
-                for recipient, times in recent_sends(session, channel, recipients, since).items():
-                    self.history[(channel, recipient)] = times
-            for cap in caps:
-                if cap.scope == "channel":
-                    since = self.now - timedelta(seconds=cap.per_seconds)
-                    used, oldest = channel_usage(session, channel, since)
-                    self.channel_use.setdefault(channel, []).append((cap, used, oldest))
-
-    def wait_until(self, channel: str, recipient: str) -> datetime | None:
-        caps = self.limits[channel]
-        found = earliest_allowed(self.history.get((channel, recipient), []), caps, self.now)
-        for cap, used, oldest in self.channel_use.get(channel, ()):
-            later = channel_wait(used, oldest, [cap], self.now)
-            if later is not None and (found is None or later > found):
-                found = later
-        return found
-
-    def admit(self, channel: str, recipient: str) -> None:
-        self.history.setdefault((channel, recipient), []).append(self.now)
-        self.channel_use[channel] = [
-            (cap, used + 1, oldest or self.now)
-            for cap, used, oldest in self.channel_use.get(channel, ())
-        ]
 
 
 # ---------------------------------------------------------------------- the dispatcher
@@ -552,10 +488,10 @@ class Dispatcher:
         rows = self._due_rows(s, now, pg)
         if not rows:
             return [], 0, counts
-        gate: _Gate | None = None
+        gate: ClaimGate | None = None
         limited = [r for r in rows if r.channel in self._limited]
         if limited:
-            gate = _Gate(self.limits, now)
+            gate = ClaimGate(self.limits, now)
             gate.load(s, limited)
         earlier = self._earlier_message_ids(s, rows)
         writes = _Writes(now)

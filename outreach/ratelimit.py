@@ -12,7 +12,8 @@ count sees the first worker's sends. SQLite needs nothing: its single writer loc
 ``BEGIN IMMEDIATE``) already serialises whole claims.
 
 :func:`earliest_allowed` is the pure part - a sliding window over the send times - and is what
-the tests pin down.
+the tests pin down. :class:`ClaimGate` is how one claim of the dispatcher applies all of this
+to a batch.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
@@ -160,3 +162,56 @@ def longest_window(limits: Sequence[RateLimit], scope: str) -> float | None:
 def limited_channels(limits: Mapping[str, Sequence[RateLimit]]) -> frozenset[str]:
     """Channels that have any cap at all: the only ones whose claims pay for a check."""
     return frozenset(name for name, caps in limits.items() if caps)
+
+
+class ClaimGate:
+    """The caps of one claim: send history read once (under the advisory locks), then updated
+    in memory as the claim admits sends, so two attempts to one number in the same batch are
+    counted against each other."""
+
+    def __init__(self, limits: Mapping[str, Sequence[RateLimit]], now: datetime) -> None:
+        self.limits = limits
+        self.now = now
+        self.history: dict[tuple[str, str], list[datetime]] = {}
+        self.channel_use: dict[str, list[tuple[RateLimit, int, datetime | None]]] = {}
+
+    def load(self, session: Session, rows: Sequence[Any]) -> None:
+        by_channel: dict[str, set[str]] = {}
+        for r in rows:
+            by_channel.setdefault(r.channel, set()).add(r.recipient)
+        keys: set[tuple[str, str]] = set()
+        for channel, recipients in by_channel.items():
+            caps = self.limits[channel]
+            if longest_window(caps, "recipient") is not None:
+                keys.update((channel, r) for r in recipients)
+            if longest_window(caps, "channel") is not None:
+                keys.add((channel, "*"))
+        lock_recipients(session, keys)
+        for channel, recipients in by_channel.items():
+            caps = self.limits[channel]
+            longest = longest_window(caps, "recipient")
+            if longest is not None:
+                since = self.now - timedelta(seconds=longest)
+                for recipient, times in recent_sends(session, channel, recipients, since).items():
+                    self.history[(channel, recipient)] = times
+            for cap in caps:
+                if cap.scope == "channel":
+                    since = self.now - timedelta(seconds=cap.per_seconds)
+                    used, oldest = channel_usage(session, channel, since)
+                    self.channel_use.setdefault(channel, []).append((cap, used, oldest))
+
+    def wait_until(self, channel: str, recipient: str) -> datetime | None:
+        caps = self.limits[channel]
+        found = earliest_allowed(self.history.get((channel, recipient), []), caps, self.now)
+        for cap, used, oldest in self.channel_use.get(channel, ()):
+            later = channel_wait(used, oldest, [cap], self.now)
+            if later is not None and (found is None or later > found):
+                found = later
+        return found
+
+    def admit(self, channel: str, recipient: str) -> None:
+        self.history.setdefault((channel, recipient), []).append(self.now)
+        self.channel_use[channel] = [
+            (cap, used + 1, oldest or self.now)
+            for cap, used, oldest in self.channel_use.get(channel, ())
+        ]
