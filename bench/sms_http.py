@@ -1,7 +1,7 @@
 """SMS gateway throughput: the stock httpx client against ``channels.http.make_client``.
 
-A local gateway (stdlib asyncio only, in its own process so that it does not share a core with
-the client) answers every request after ``--delay`` seconds with a small JSON body, over
+A local gateway (``bench/_sinks.py``: stdlib asyncio only, in its own process so that it does
+not share a core with the client) answers every request after ``--delay`` seconds with a small JSON body, over
 HTTP/1.1 keep-alive. N requests go through each client at a fixed concurrency; the ideal time
 is ``N * delay / concurrency`` (every slot always busy). The two clients run alternately in
 each round, so a noisy neighbour hurts both, and the summary reports medians.
@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -29,12 +28,12 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _sinks import HttpGateway
 
 from channels.http import make_client
 
-REPLY = json.dumps(
-    {"code": "OK", "message": "OK", "request_id": "F655A8D5-B967-440B-8683", "biz_id": "9006197^0"}
-).encode()
 REQUEST = json.dumps(
     {
         "to": "+8613800138000",
@@ -43,70 +42,6 @@ REQUEST = json.dumps(
     },
     ensure_ascii=False,
 ).encode()
-
-
-# -- the gateway --------------------------------------------------------------------------------
-
-
-class _Gateway(asyncio.Protocol):
-    """HTTP/1.1 keep-alive responder: one JSON reply per request, ``delay`` seconds later."""
-
-    response = b""
-    delay = 0.05
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.buf = b""
-        self.loop = asyncio.get_running_loop()
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = self.buf[:end].lower()
-            length = 0
-            at = head.find(b"\r\ncontent-length:")
-            if at >= 0:
-                length = int(head[at + 17 :].split(b"\r\n", 1)[0])
-            if len(self.buf) < end + 4 + length:
-                return
-            self.buf = self.buf[end + 4 + length :]
-            self.loop.call_later(self.delay, self.reply)
-
-    def reply(self) -> None:
-        if not self.transport.is_closing():
-            self.transport.write(self.response)
-
-
-async def _serve(delay: float) -> None:
-    _Gateway.delay = delay
-    _Gateway.response = (
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/json;charset=utf-8\r\n"
-        b"Content-Length: " + str(len(REPLY)).encode() + b"\r\n\r\n" + REPLY
-    )
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(_Gateway, "127.0.0.1", 0, backlog=2048)
-    port = server.sockets[0].getsockname()[1]
-    print(f"ready {port}", flush=True)
-    async with server:
-        await server.serve_forever()
-
-
-def start_gateway(delay: float) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", "--delay", str(delay)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().split()
-    if len(line) != 2 or line[0] != "ready":
-        proc.kill()
-        raise SystemExit("the gateway did not start")
-    return proc, f"http://127.0.0.1:{line[1]}/sms/send"
 
 
 # -- the clients --------------------------------------------------------------------------------
@@ -122,7 +57,7 @@ async def run_batch(client: httpx.AsyncClient, url: str, n: int, concurrency: in
         for _ in todo:
             try:
                 response = await client.post(url, content=REQUEST, headers=headers)
-                if response.status_code != 200 or response.json()["code"] != "OK":
+                if response.status_code != 200 or response.json()["code"] != "0":
                     failures.append(f"HTTP {response.status_code}")
             except httpx.HTTPError as exc:
                 failures.append(f"{type(exc).__name__}: {exc}")
@@ -200,19 +135,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="N=1000, 1 round: a quick CI check")
     parser.add_argument("--require", type=float, help="exit 1 if (b) is below this %% of ideal")
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve:
-        asyncio.run(_serve(args.delay))
-        return
     if args.smoke:
         args.n, args.rounds = 1000, 1
-    proc, url = start_gateway(args.delay)
-    try:
-        pct = asyncio.run(bench(args.n, args.concurrency, args.delay, args.rounds, url))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=5)
+    with HttpGateway(args.delay) as gateway:  # the same gateway bench/sms_pipeline.py uses
+        pct = asyncio.run(bench(args.n, args.concurrency, args.delay, args.rounds, gateway.url))
     if args.require is not None and pct < args.require:
         raise SystemExit(
             f"make_client reached {pct:.1f} % of ideal, below the required {args.require} %"
