@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import subprocess
 import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,7 +32,8 @@ from channels.base import Outgoing, Prepared, RateLimit, Receipt
 from outreach.app import App
 from outreach.dispatch import Dispatcher, DispatchPolicy, DispatchReport
 from outreach.proof import all_chains, verify_chain
-from outreach.store import Attempt, Case, ContactPoint, Event, Merchant, Notice, Party, Send
+from outreach.store import Attempt, Event, Send
+from tests.test_dispatch import seed  # the same queue the single-worker tests use
 
 pytestmark = pytest.mark.postgres
 
@@ -146,62 +145,6 @@ lease_seconds = 60
         encoding="utf-8",
     )
     return path
-
-
-def seed(app: App, recipients: list[str]) -> None:
-    """One case, notice and queued SMS attempt per entry of ``recipients``, in that order."""
-    now = datetime.now(UTC)
-    with app.sessions.begin() as s:
-        merchant = Merchant(key="m", name="深圳市福田区张三便利店", merchant_no="822584053990001")
-        party = Party(key="agent", role="agent", name="深圳某某支付服务有限公司")
-        s.add_all([merchant, party])
-        s.flush()
-        contacts = {}
-        for number in sorted(set(recipients)):
-            cp = ContactPoint(party_id=party.id, kind="sms", value=number, status="unknown")
-            s.add(cp)
-            contacts[number] = cp
-        s.flush()
-        for i, number in enumerate(recipients):
-            case = Case(
-                key=f"c{i}",
-                reference=f"OUT-2026-{i + 1:06d}",
-                merchant_id=merchant.id,
-                goal="cancel_terminal",
-                plan="p",
-                opened_on=now.date(),
-            )
-            s.add(case)
-            s.flush()
-            notice = Notice(
-                case_id=case.id,
-                step=0,
-                party_id=party.id,
-                template="cancellation_request",
-                language="zh-CN",
-                subject=f"终端注销申请 {case.reference}",
-                body=f"【商户】关于终端 12345678 的注销申请，案号 {case.reference}，请答复。",
-                html=None,
-                sms_params={"reference": case.reference},
-                sha256="0" * 64,
-                deadline=date(2026, 12, 7),
-            )
-            s.add(notice)
-            s.flush()
-            s.add(
-                Attempt(
-                    notice_id=notice.id,
-                    contact_point_id=contacts[number].id,
-                    channel="gw",
-                    kind="sms",
-                    recipient=number,
-                    state="queued",
-                    next_try_at=now,
-                    idempotency_key=secrets.token_hex(8),
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
 
 
 def run_two_workers(cfg: Path, tmp_path: Path) -> list[dict[str, Any]]:
