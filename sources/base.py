@@ -71,6 +71,34 @@ class Notice:
     data: Mapping[str, Any] = field(default_factory=dict)
 
 
+class NoticeMaker:
+    """Mixin for sources: notices stamped with the source's ``name`` and the party's key."""
+
+    name: ClassVar[str]
+
+    def _notice(
+        self,
+        party: PartyQuery,
+        kind: str,
+        message: str,
+        *,
+        url: str | None = None,
+        advice: str | None = None,
+        fields: tuple[str, ...] = (),
+        data: Mapping[str, Any] | None = None,
+    ) -> Notice:
+        return Notice(
+            party=party.key,
+            kind=kind,
+            message=message,
+            source=self.name,
+            url=url,
+            advice=advice,
+            fields=fields,
+            data=dict(data or {}),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Lookup:
     """What one source returned for one party."""

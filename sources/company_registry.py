@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
-from typing import Any, ClassVar
+from typing import ClassVar
 from zoneinfo import ZoneInfo
 
-from sources.base import Fetcher, Lookup, Notice, PartyQuery
+from sources.base import Fetcher, Lookup, NoticeMaker, PartyQuery
 
 __all__ = ["GSXT_URL", "WANTS", "CompanyRegistrySource", "report_year"]
 
@@ -52,7 +52,7 @@ def report_year(today: date) -> int:
     return today.year - 1
 
 
-class CompanyRegistrySource:
+class CompanyRegistrySource(NoticeMaker):
     """Raises one manual lookup task per party and report year; never touches the network.
 
     Optional ``[parties.<key>.hints.company_registry]``: ``search_url`` (another page to open,
@@ -104,28 +104,6 @@ class CompanyRegistrySource:
                     },
                 ),
             )
-        )
-
-    def _notice(
-        self,
-        party: PartyQuery,
-        kind: str,
-        message: str,
-        *,
-        url: str | None = None,
-        advice: str | None = None,
-        fields: tuple[str, ...] = (),
-        data: Mapping[str, Any] | None = None,
-    ) -> Notice:
-        return Notice(
-            party=party.key,
-            kind=kind,
-            message=message,
-            source=self.name,
-            url=url,
-            advice=advice,
-            fields=fields,
-            data=dict(data or {}),
         )
 
 

@@ -30,7 +30,16 @@ from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode, SelectolaxError
 
-from sources.base import Fetched, Fetcher, FetchError, Finding, Lookup, Notice, PartyQuery
+from sources.base import (
+    Fetched,
+    Fetcher,
+    FetchError,
+    Finding,
+    Lookup,
+    Notice,
+    NoticeMaker,
+    PartyQuery,
+)
 from sources.normalize import InvalidContact, is_mobile, normalize
 
 __all__ = ["Extracted", "OfficialSiteSource", "extract_contacts"]
@@ -939,7 +948,7 @@ def _read_hints(party: PartyQuery) -> _SiteHints:
     return _SiteHints(tuple(dict.fromkeys(pages)), selectors, allowed)
 
 
-class OfficialSiteSource:
+class OfficialSiteSource(NoticeMaker):
     """Reads the configured 联系我们 / 投诉 pages of a party's official site.
 
     Configure with ``[parties.<key>.hints.official_site]``: ``pages`` (URLs; default the
@@ -1076,25 +1085,3 @@ class OfficialSiteSource:
                 )
             )
         return findings
-
-    def _notice(
-        self,
-        party: PartyQuery,
-        kind: str,
-        message: str,
-        *,
-        url: str | None = None,
-        advice: str | None = None,
-        fields: tuple[str, ...] = (),
-        data: Mapping[str, Any] | None = None,
-    ) -> Notice:
-        return Notice(
-            party=party.key,
-            kind=kind,
-            message=message,
-            source=self.name,
-            url=url,
-            advice=advice,
-            fields=fields,
-            data=dict(data or {}),
-        )

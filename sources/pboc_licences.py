@@ -32,7 +32,16 @@ from urllib.parse import urljoin, urlsplit
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
-from sources.base import Fetched, Fetcher, FetchError, Finding, Lookup, Notice, PartyQuery
+from sources.base import (
+    Fetched,
+    Fetcher,
+    FetchError,
+    Finding,
+    Lookup,
+    Notice,
+    NoticeMaker,
+    PartyQuery,
+)
 from sources.normalize import InvalidContact, normalize_address, normalize_licence
 
 # --------------------------------------------------------------------------------------------
@@ -742,7 +751,7 @@ def _next_page_url(page: ListPage, template: str | None) -> str | None:
     return None
 
 
-class PbocLicencesSource:
+class PbocLicencesSource(NoticeMaker):
     """Looks an acquirer up in the PBOC licence lists, by licence number or by legal name."""
 
     name: ClassVar[str] = "pboc_licences"
@@ -1088,26 +1097,4 @@ class PbocLicencesSource:
             url=url,
             advice="The site may have changed; open the page and check the parser against it.",
             data={"kind": "layout"},
-        )
-
-    def _notice(
-        self,
-        party: PartyQuery,
-        kind: str,
-        message: str,
-        *,
-        url: str | None = None,
-        advice: str | None = None,
-        fields: tuple[str, ...] = (),
-        data: Mapping[str, Any] | None = None,
-    ) -> Notice:
-        return Notice(
-            party=party.key,
-            kind=kind,
-            message=message,
-            source=self.name,
-            url=url,
-            advice=advice,
-            fields=fields,
-            data=dict(data or {}),
         )
