@@ -14,6 +14,7 @@ and return plain values. Failures are reported by raising exactly one of :class:
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -200,3 +201,16 @@ def resolve_secret(settings: Mapping[str, Any], key: str, env: Mapping[str, str]
     if not value:
         raise ValueError(f"{key}_env: environment variable {var} is not set")
     return value
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine: where a plain-text login (SMTP, IMAP) is allowed."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

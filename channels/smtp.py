@@ -70,7 +70,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import ipaddress
 import re
 import ssl
 import time
@@ -92,12 +91,12 @@ from channels.base import (
     Receipt,
     Transient,
     Unknown,
+    is_loopback,
     resolve_secret,
 )
 from channels.mime import build_email
 
 _DEFAULT_PORTS = {"tls": 465, "starttls": 587, "none": 25}
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 
 
 class Stage(StrEnum):
@@ -207,15 +206,6 @@ def _reply_bytes(code: int, text: str) -> bytes:
     return wire.encode("utf-8", "surrogateescape")
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class SmtpSettings(BaseModel):
     """``[channels.<name>]`` for ``adapter = "smtp"``. Secrets only by env var name."""
 
@@ -262,7 +252,7 @@ class SmtpSettings(BaseModel):
             raise ValueError("password_env: name the environment variable that holds the password")
         if self.password_env and not self.username:
             raise ValueError("username: set it together with password_env")
-        if self.username and self.security == "none" and not _is_loopback(self.host):
+        if self.username and self.security == "none" and not is_loopback(self.host):
             raise ValueError(
                 'security: AUTH over plain text would expose the password; use "tls" or "starttls"'
             )

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from outreach import __version__, clock, merkle
 from outreach.anchor import Inclusion, age, inclusions, leaf_bytes, parse_at
 from outreach.proof import canonical_json, format_at, verify_chain, verify_rows
-from outreach.store import Blob, Case, Event
+from outreach.store import Blob, Case, Event, find_case, no_case
 from outreach.tsa import TokenVerificationError, export_for_openssl, verify_token
 
 __all__ = [
@@ -187,13 +187,9 @@ class ExportReport:
 
 
 def _find_case(session: Session, ref: str) -> Case:
-    case = session.scalars(
-        select(Case).where((Case.reference == ref) | (Case.key == ref))
-    ).one_or_none()
+    case = find_case(session, ref)
     if case is None:
-        raise LookupError(
-            f"no case {ref!r} (use its reference, e.g. OUT-2026-000001, or its config key)"
-        )
+        raise LookupError(no_case(ref))
     return case
 
 

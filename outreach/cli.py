@@ -25,7 +25,7 @@ from outreach.ladder import case_ladder, describe, step_due
 from outreach.output import emit, table
 from outreach.proof import verify_chains
 from outreach.runtime import tune_gc
-from outreach.store import Attempt, Case, Event, Notice
+from outreach.store import Attempt, Case, Event, Notice, find_case, no_case
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -467,14 +467,9 @@ def audit() -> None:
 
 def _case_chain(app: App, ref: str) -> tuple[Case, str]:
     with app.sessions() as s:
-        case = s.scalars(
-            select(Case).where((Case.reference == ref) | (Case.key == ref))
-        ).one_or_none()
+        case = find_case(s, ref)
     if case is None:
-        click.echo(
-            f"no case {ref!r} (use its reference, e.g. OUT-2026-000001, or its config key)",
-            err=True,
-        )
+        click.echo(no_case(ref), err=True)
         sys.exit(2)
     return case, case.chain
 

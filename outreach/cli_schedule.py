@@ -16,7 +16,6 @@ from datetime import datetime
 from pathlib import Path
 
 import click
-from sqlalchemy import select
 
 from outreach.case_state import CaseStateError, change_case_state
 from outreach.cli import Ctx, _at_option, _to_utc, main
@@ -29,7 +28,7 @@ from outreach.scheduler import (
     WorkerLockHeld,
     lock_path_for,
 )
-from outreach.store import Case
+from outreach.store import find_case, no_case
 
 _DURATION = r"^\d+[smhd]$"
 
@@ -149,14 +148,9 @@ def _change(c: Ctx, ref: str, action: str, note: str | None, at: datetime | None
     app = c.app()
     try:
         with app.sessions.begin() as s:
-            case = s.scalars(
-                select(Case).where((Case.reference == ref) | (Case.key == ref))
-            ).one_or_none()
+            case = find_case(s, ref)
             if case is None:
-                click.echo(
-                    f"no case {ref!r} (use its reference, e.g. OUT-2026-000001, or its config key)",
-                    err=True,
-                )
+                click.echo(no_case(ref), err=True)
                 sys.exit(2)
             change = change_case_state(s, case, action, note, at=_to_utc(at))
     except CaseStateError as exc:

@@ -55,7 +55,6 @@ import asyncio
 import base64
 import hashlib
 import imaplib
-import ipaddress
 import logging
 import re
 import ssl
@@ -66,10 +65,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from channels.base import is_loopback
 from outreach import clock
 from outreach.config import Config, InboundConfig
 from outreach.mailparse import (
@@ -81,7 +81,8 @@ from outreach.mailparse import (
 )
 from outreach.models_inbound import InboundMessage
 from outreach.proof import record_event, store_blob
-from outreach.store import Attempt, Blob, Case, ContactPoint, Notice, Party
+from outreach.store import Attempt, Blob, Case, ContactPoint, Notice, Party, no_case
+from outreach.store import find_case as store_find_case
 
 log = logging.getLogger("outreach.inbound")
 
@@ -90,7 +91,6 @@ FETCH_CHUNK = 25  # messages per UID FETCH: one round trip each, bounded memory
 MAX_PER_POLL = 500  # the rest waits for the next poll (reported as ``remaining``)
 IMAP_TIMEOUT = 60.0
 _DEFAULT_PORTS = {"tls": 993, "starttls": 143, "none": 143}
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 _STOPPING_STATES = ("open", "paused")  # states a reply moves to "replied"
 
 # Event kind recorded -> PollReport counter.
@@ -204,7 +204,7 @@ async def poll(
         raise InboundConfigError(
             f"inbound.password_env: environment variable {inbound.password_env} is not set"
         )
-    if inbound.security == "none" and not _is_loopback(inbound.imap_host):
+    if inbound.security == "none" and not is_loopback(inbound.imap_host):
         raise InboundConfigError(
             'inbound.security: plain-text IMAP would expose the password; use "tls" or '
             '"starttls" ("none" is only for a server on this machine)'
@@ -834,13 +834,10 @@ def find_message(session: Session, ident: str) -> InboundMessage:
 
 
 def find_case(session: Session, ref: str) -> Case:
-    case = session.scalars(
-        select(Case).where(or_(Case.reference == ref.upper(), Case.key == ref))
-    ).one_or_none()
+    # References are upper case; a lower-case one typed at the prompt still names its case.
+    case = store_find_case(session, ref) or store_find_case(session, ref.upper())
     if case is None:
-        raise InboxError(
-            f"no case {ref!r} (use its reference, e.g. OUT-2026-000001, or its config key)"
-        )
+        raise InboxError(no_case(ref))
     return case
 
 
@@ -910,15 +907,6 @@ def dismiss_message(
 
 
 # --------------------------------------------------------------------------- IMAP
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _tls_context(config: Config, inbound: InboundConfig) -> ssl.SSLContext:

@@ -46,7 +46,8 @@ from sqlalchemy.orm import Session
 
 from outreach import clock
 from outreach.proof import format_at, record_event, store_blob
-from outreach.store import Attempt, Case, Event, Notice, Party
+from outreach.store import Attempt, Case, Event, Notice, Party, no_case
+from outreach.store import find_case as store_find_case
 from outreach.workdays import add_working_days
 from sources.normalize import InvalidContact, normalize_phone
 
@@ -300,13 +301,9 @@ def _store_evidence(session: Session, files: Sequence[EvidenceFile]) -> list[dic
 
 
 def find_case(session: Session, ref: str) -> Case:
-    case = session.scalars(
-        select(Case).where((Case.reference == ref) | (Case.key == ref))
-    ).one_or_none()
+    case = store_find_case(session, ref)
     if case is None:
-        raise ManualError(
-            f"no case {ref!r} (use its reference, e.g. OUT-2026-000001, or its config key)"
-        )
+        raise ManualError(no_case(ref))
     return case
 
 

@@ -31,9 +31,17 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
 
 
 def utcnow() -> datetime:
@@ -325,6 +333,18 @@ class Anchor(Base):
     gen_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
     status: Mapped[str] = mapped_column(String(16))  # ok | failed
     error: Mapped[str | None] = mapped_column(Text)
+
+
+def find_case(session: Session, ref: str) -> Case | None:
+    """The case a person named on the command line: by reference or by its config key."""
+    return session.scalars(
+        select(Case).where((Case.reference == ref) | (Case.key == ref))
+    ).one_or_none()
+
+
+def no_case(ref: str) -> str:
+    """What to say when :func:`find_case` finds nothing."""
+    return f"no case {ref!r} (use its reference, e.g. OUT-2026-000001, or its config key)"
 
 
 # --------------------------------------------------------------------------- engine
