@@ -170,10 +170,6 @@ def case_chain(reference: str) -> str:
     return f"case:{reference}"
 
 
-_chunks = in_chunks
-_table = table_of
-
-
 def _is_pg(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
@@ -185,7 +181,7 @@ def _attempt_update(columns: tuple[str, ...]) -> Update:
     """UPDATE attempts SET <columns> WHERE id = :b_id, built once per set of columns."""
     stmt = _ATTEMPT_UPDATES.get(columns)
     if stmt is None:
-        table = _table(Attempt)
+        table = table_of(Attempt)
         stmt = (
             update(table)
             .where(table.c.id == bindparam("b_id"))
@@ -195,7 +191,7 @@ def _attempt_update(columns: tuple[str, ...]) -> Update:
     return stmt
 
 
-_SEND_INSERT = insert(_table(Send))
+_SEND_INSERT = insert(table_of(Send))
 
 
 @dataclass(slots=True)
@@ -453,7 +449,7 @@ class Dispatcher:
         one query for the batch, and none when every e-mail in it is a first step."""
         cases = sorted({r.case_id for r in rows if r.kind == "email" and r.step > 0})
         found: dict[tuple[int, int], list[tuple[int, str]]] = {}
-        for chunk in _chunks(cases):
+        for chunk in in_chunks(cases):
             q = (
                 select(Notice.case_id, Notice.party_id, Notice.step, Attempt.message_id)
                 .join(Notice, Attempt.notice_id == Notice.id)
@@ -716,7 +712,7 @@ class Dispatcher:
             writes.flush(s)
             _update_attempts(s, [{"id": job.attempt_id, "tries": tries, "updated_at": now}])
             s.execute(
-                insert(_table(Send)),
+                _SEND_INSERT,
                 [
                     {
                         "channel": job.channel,
@@ -827,7 +823,7 @@ class Dispatcher:
         """The rows of these attempts, locked (PostgreSQL) in id order."""
         pg = _is_pg(s)
         found: dict[int, Any] = {}
-        for chunk in _chunks(sorted(set(ids))):
+        for chunk in in_chunks(sorted(set(ids))):
             stmt = (
                 select(
                     Attempt.id,
@@ -988,7 +984,7 @@ class Dispatcher:
         writes.flush(s)
         _update_attempts(s, changes)
         if marked:
-            table = _table(ContactPoint)
+            table = table_of(ContactPoint)
             s.execute(
                 update(table)
                 .where(table.c.id == bindparam("b_id"))
@@ -1000,7 +996,7 @@ class Dispatcher:
     @staticmethod
     def _contacts(s: Session, ids: Sequence[int]) -> dict[int, Any]:
         found: dict[int, Any] = {}
-        for chunk in _chunks(sorted(ids)):
+        for chunk in in_chunks(sorted(ids)):
             q = (
                 select(
                     ContactPoint.id,
@@ -1067,7 +1063,7 @@ class Dispatcher:
         until = self.now() + timedelta(seconds=self.policy.lease_seconds)
 
         def work(s: Session) -> None:
-            for chunk in _chunks(sorted(j.attempt_id for j in jobs)):
+            for chunk in in_chunks(sorted(j.attempt_id for j in jobs)):
                 s.execute(
                     update(Attempt)
                     .where(
