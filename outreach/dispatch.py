@@ -57,9 +57,9 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import bindparam, insert, or_, select, update
+from sqlalchemy import Select, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.dml import Update
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
@@ -194,6 +194,78 @@ def _attempt_update(columns: tuple[str, ...]) -> Update:
 _SEND_INSERT = insert(table_of(Send))
 
 
+class _Due(NamedTuple):
+    """A due attempt with what preparing it needs (a plain tuple: SQLAlchemy's ``Row`` looks
+    attributes up through a failed ordinary lookup first, which cost more than the claim's
+    own work on them)."""
+
+    id: int
+    next_try_at: datetime
+    channel: str
+    kind: str
+    recipient: str
+    contact_point_id: int
+    idempotency_key: str
+    tries: int
+    claims: int
+    created_at: datetime
+    payload_sha256: str | None
+    case_id: int
+    party_id: int
+    step: int
+    subject: str
+    body: str
+    html: str | None
+    sms_params: dict[str, Any] | None
+    template: str
+    language: str
+    reference: str
+    party_name: str
+    legal_name: str | None
+
+
+def _due_columns() -> dict[str, Any]:
+    a, n, c, p = (table_of(m) for m in (Attempt, Notice, Case, Party))
+    columns: dict[str, Any] = {}
+    for name in _Due._fields:
+        if name == "reference":
+            columns[name] = c.c.reference
+        elif name == "party_name":
+            columns[name] = p.c.name.label("party_name")
+        elif name == "legal_name":
+            columns[name] = p.c.legal_name
+        elif name in a.c:
+            columns[name] = a.c[name]
+        else:
+            columns[name] = n.c[name]
+    return columns
+
+
+_DUE_COLUMNS = _due_columns()
+
+
+class _Current(NamedTuple):
+    id: int
+    state: str
+    lease_owner: str | None
+    claims: int
+    tries: int
+
+
+def _current_statement(pg: bool) -> Select[Any]:
+    a = table_of(Attempt)
+    stmt = (
+        select(*(a.c[name] for name in _Current._fields))
+        .where(a.c.id.in_(bindparam("ids", expanding=True)))
+        .order_by(a.c.id)
+    )
+    return stmt.with_for_update() if pg else stmt
+
+
+_CURRENT = _current_statement(pg=False)
+_CURRENT_PG = _current_statement(pg=True)
+
+
 @dataclass(slots=True)
 class _Writes:
     """What one transaction will chain and store, written in lock order by :meth:`flush`."""
@@ -271,6 +343,7 @@ class Dispatcher:
         self._pool: ThreadPoolExecutor | None = None  # records, renewals, recovery
         self._claims: ThreadPoolExecutor | None = None  # claims, when they may run alongside
         self._live: dict[int, _Job] = {}  # claimed and not yet recorded: their leases are renewed
+        self._statements: dict[tuple[Any, ...], Any] = {}
 
     def _semaphores(self) -> dict[str, asyncio.Semaphore]:
         return {name: asyncio.Semaphore(n) for name, n in self._concurrency.items()}
@@ -379,7 +452,7 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ claim
 
-    def _due_rows(self, s: Session, now: datetime, pg: bool) -> list[Any]:
+    def _due_rows(self, s: Session, now: datetime, pg: bool) -> list[_Due]:
         """The next batch of due attempts, oldest ``next_try_at`` first.
 
         One query per due state, not one ``state IN (...)``: with an equality on ``state`` the
@@ -389,56 +462,44 @@ class Dispatcher:
         run). Each query may lock up to a batch (PostgreSQL); rows beyond the merged batch are
         not touched and their locks end with this short transaction.
         """
-        rows: list[Any] = []
+        conn = s.connection()
+        rows: list[_Due] = []
+        make = _Due._make
         for state in DUE_STATES:
-            rows.extend(s.execute(self._due(now, pg, state)).all())
+            stmt = self._due(pg, state)
+            rows.extend(make(r) for r in conn.execute(stmt, {"now": now}))
         rows.sort(key=lambda r: (r.next_try_at, r.id))
         return rows[: self.policy.batch]
 
-    def _due(self, now: datetime, pg: bool, state: str) -> Any:
-        stmt = (
-            select(
-                Attempt.id,
-                Attempt.next_try_at,
-                Attempt.channel,
-                Attempt.kind,
-                Attempt.recipient,
-                Attempt.contact_point_id,
-                Attempt.idempotency_key,
-                Attempt.tries,
-                Attempt.claims,
-                Attempt.created_at,
-                Attempt.payload_sha256,
-                Notice.case_id,
-                Notice.party_id,
-                Notice.step,
-                Notice.subject,
-                Notice.body,
-                Notice.html,
-                Notice.sms_params,
-                Notice.template,
-                Notice.language,
-                Case.reference,
-                Party.name.label("party_name"),
-                Party.legal_name,
+    def _due(self, pg: bool, state: str) -> Select[Any]:
+        """Built once per dispatcher, engine and state: building and keying a statement of this
+        size cost more than running it."""
+        stmt = self._statements.get(("due", pg, state))
+        if stmt is None:
+            a, n, c, p = (table_of(m) for m in (Attempt, Notice, Case, Party))
+            now = bindparam("now", type_=a.c.next_try_at.type)
+            stmt = (
+                select(*(_DUE_COLUMNS[name] for name in _Due._fields))
+                .select_from(
+                    a.join(n, n.c.id == a.c.notice_id)
+                    .join(c, c.c.id == n.c.case_id)
+                    .join(p, p.c.id == n.c.party_id)
+                )
+                .where(
+                    a.c.state == state,
+                    a.c.next_try_at <= now,
+                    a.c.channel.in_(sorted(self.channels)),
+                    # An answer, a pause or a resolution stops sending at once, not at the
+                    # next ladder pass (which then cancels these attempts with an event).
+                    c.c.state.not_in(("replied", "resolved", "paused", "stopped")),
+                    or_(a.c.lease_expires_at.is_(None), a.c.lease_expires_at < now),
+                )
+                .order_by(a.c.next_try_at, a.c.id)
+                .limit(self.policy.batch)
             )
-            .join(Notice, Notice.id == Attempt.notice_id)
-            .join(Case, Case.id == Notice.case_id)
-            .join(Party, Party.id == Notice.party_id)
-            .where(
-                Attempt.state == state,
-                Attempt.next_try_at <= now,
-                Attempt.channel.in_(sorted(self.channels)),
-                # An answer, a pause or a resolution stops sending at once, not at the next
-                # ladder pass (which then cancels these attempts with an event).
-                Case.state.not_in(("replied", "resolved", "paused", "stopped")),
-                or_(Attempt.lease_expires_at.is_(None), Attempt.lease_expires_at < now),
-            )
-            .order_by(Attempt.next_try_at, Attempt.id)
-            .limit(self.policy.batch)
-        )
-        if pg:
-            stmt = stmt.with_for_update(of=Attempt, skip_locked=True)
+            if pg:
+                stmt = stmt.with_for_update(of=a, skip_locked=True)
+            self._statements[("due", pg, state)] = stmt
         return stmt
 
     @staticmethod
@@ -819,26 +880,16 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ record
 
-    def _current(self, s: Session, ids: Sequence[int]) -> dict[int, Any]:
+    def _current(self, s: Session, ids: Sequence[int]) -> dict[int, _Current]:
         """The rows of these attempts, locked (PostgreSQL) in id order."""
         pg = _is_pg(s)
-        found: dict[int, Any] = {}
+        stmt = _CURRENT_PG if pg else _CURRENT
+        conn = s.connection()
+        found: dict[int, _Current] = {}
+        make = _Current._make
         for chunk in in_chunks(sorted(set(ids))):
-            stmt = (
-                select(
-                    Attempt.id,
-                    Attempt.state,
-                    Attempt.lease_owner,
-                    Attempt.claims,
-                    Attempt.tries,
-                )
-                .where(Attempt.id.in_(chunk))
-                .order_by(Attempt.id)
-            )
-            if pg:
-                stmt = stmt.with_for_update()
-            for row in s.execute(stmt):
-                found[row.id] = row
+            for row in conn.execute(stmt, {"ids": chunk}):
+                found[row[0]] = make(row)
         return found
 
     def _write_outcomes(self, batch: list[_Outcome], report: DispatchReport) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Select, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from outreach.bulk import executemany, in_chunks, insert_ignoring_conflicts, table_of
@@ -204,19 +204,28 @@ def append_events(session: Session, events: Sequence[NewEvent], now: datetime) -
 
 def lock_heads(session: Session, names: Sequence[str]) -> dict[str, tuple[int, str]]:
     """(head_seq, head_hash) of each named chain that exists, locked on PostgreSQL."""
-    pg = session.get_bind().dialect.name == "postgresql"
+    conn = session.connection()
+    stmt = _HEADS_PG if conn.dialect.name == "postgresql" else _HEADS
     heads: dict[str, tuple[int, str]] = {}
     for chunk in in_chunks(sorted(names)):
-        stmt = (
-            select(Chain.name, Chain.head_seq, Chain.head_hash)
-            .where(Chain.name.in_(chunk))
-            .order_by(Chain.name)
-        )
-        if pg:
-            stmt = stmt.with_for_update()
-        for name, seq, digest in session.execute(stmt):
+        for name, seq, digest in conn.execute(stmt, {"names": chunk}):
             heads[name] = (seq, digest)
     return heads
+
+
+def _heads_statement(pg: bool) -> Select[Any]:
+    chains = table_of(Chain)
+    stmt = (
+        select(chains.c.name, chains.c.head_seq, chains.c.head_hash)
+        .where(chains.c.name.in_(bindparam("names", expanding=True)))
+        .order_by(chains.c.name)
+    )
+    return stmt.with_for_update() if pg else stmt
+
+
+# Built once: constructing and keying the statement cost more than running it.
+_HEADS = _heads_statement(pg=False)
+_HEADS_PG = _heads_statement(pg=True)
 
 
 def store_blobs(session: Session, blobs: Mapping[str, tuple[bytes, str]], now: datetime) -> None:
