@@ -43,6 +43,8 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
+from outreach import writer_lock
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -356,7 +358,10 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, echo=echo, connect_args={"timeout": 30})
+        args: dict[str, Any] = {"timeout": 30}
+        if path and path != ":memory:":
+            args["factory"] = writer_lock.connection_class(Path(path))
+        engine = create_engine(url, echo=echo, connect_args=args)
         _sqlite_pragmas(engine)
         return engine
     if url.startswith("postgresql://") or url.startswith("postgres://"):
@@ -384,7 +389,15 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        dbapi = conn.connection.dbapi_connection
+        if isinstance(dbapi, writer_lock.LockedConnection):
+            dbapi.acquire()
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            if isinstance(dbapi, writer_lock.LockedConnection):
+                dbapi.release()
+            raise
 
 
 def session_factory(engine: Engine) -> sessionmaker[Any]:
