@@ -215,7 +215,9 @@ class HttpGateway:
 # -- configuration and the queue ------------------------------------------------------------------
 
 
-def write_config(folder: Path, db_url: str, channels: str, *, batch: int = 200) -> Path:
+def write_config(
+    folder: Path, db_url: str, channels: str, *, batch: int = 200, db_process: bool = False
+) -> Path:
     """A minimal outreach.toml: database, sender, the given ``[channels.*]`` tables, dispatch."""
     path = folder / "outreach.toml"
     path.write_text(
@@ -233,6 +235,7 @@ address = "广东省深圳市福田区福华路1号"
 
 [dispatch]
 batch = {batch}
+db_process = {str(db_process).lower()}
 """,
         encoding="utf-8",
     )

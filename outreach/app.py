@@ -7,6 +7,7 @@ exactly what the command does without a shell.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,8 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from channels.base import Channel, RateLimit
 from outreach import clock, registry
 from outreach.config import ENGINE_CHANNEL_KEYS, Config, load
+from outreach.db_helper import DbHelper
 from outreach.discovery import DiscoveryReport, party_query, record_results, run_sources
-from outreach.dispatch import Dispatcher, DispatchPolicy, DispatchReport
+from outreach.dispatch import Dispatcher, DispatchPolicy, DispatchReport, worker_id
 from outreach.ladder import PlanReport, plan_due
 from outreach.migrate import ensure_schema
 from outreach.proof import store_blob
@@ -38,6 +40,9 @@ class App:
     config: Config
     engine: Engine
     sessions: sessionmaker[Session]
+    # [dispatch] db_process: started on first use, kept for the App's life (every tick of a
+    # worker), stopped by close()
+    _helper: DbHelper | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, path: Path, *, migrate: bool = True) -> App:
@@ -48,6 +53,9 @@ class App:
         return cls(cfg, engine, session_factory(engine))
 
     def close(self) -> None:
+        helper, self._helper = self._helper, None
+        if helper is not None:
+            helper.close()
         self.engine.dispose()
 
     # ------------------------------------------------------------------ passes
@@ -115,8 +123,17 @@ class App:
         return built
 
     def dispatcher(
-        self, channels: Mapping[str, Channel], *, now: Callable[[], datetime] = clock.now
+        self,
+        channels: Mapping[str, Channel],
+        *,
+        now: Callable[[], datetime] = clock.now,
+        env: Mapping[str, str] | None = None,
+        helper: bool | None = None,
     ) -> Dispatcher:
+        """A dispatcher for these channels. With ``[dispatch] db_process`` (or ``helper=True``)
+        its database work runs in the App's helper process, which builds its own channels from
+        the config and ``env`` (default: this process's environment) - pass the same ``env``
+        the channels were built with."""
         d = self.config.dispatch
         limits: dict[str, list[RateLimit]] = {}
         concurrency: dict[str, int] = {}
@@ -137,14 +154,26 @@ class App:
             lease_seconds=d.lease_seconds,
             batch=d.batch,
         )
+        db_helper: DbHelper | None = None
+        if d.db_process if helper is None else helper:
+            if self._helper is None:
+                self._helper = DbHelper(
+                    self.config.source_path.resolve(),
+                    os.environ if env is None else env,
+                    owner=worker_id(),
+                )
+            db_helper = self._helper
+            db_helper.start()
         return Dispatcher(
             self.sessions,
             channels,
             policy,
+            owner=db_helper.owner if db_helper is not None else None,
             limits=limits,
             concurrency=concurrency,
             sender=self.config.sender.model_dump(exclude={"reference_prefix"}),
             now=now,
+            helper=db_helper,
         )
 
 

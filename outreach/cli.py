@@ -21,6 +21,7 @@ from outreach import __version__, clock
 from outreach.app import App
 from outreach.case_warnings import case_warnings
 from outreach.config import ConfigError, config_path
+from outreach.db_helper import HelperFailed
 from outreach.ladder import case_ladder, describe, step_due
 from outreach.output import emit, table
 from outreach.proof import verify_chains
@@ -391,7 +392,11 @@ def _dispatch(app: App, when: datetime | None) -> Any:
         click.echo(f"{app.config.source_path}: channels: {exc}", err=True)
         sys.exit(2)
     now = (lambda: when) if when is not None else clock.now
-    dispatcher = app.dispatcher(channels, now=now)
+    try:
+        dispatcher = app.dispatcher(channels, now=now)
+    except HelperFailed as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
 
     async def go() -> Any:
         loop = asyncio.get_running_loop()

@@ -242,6 +242,8 @@ class DispatchConfig(_Strict):
     max_claims: int = Field(default=12, ge=1, le=100)  # claims before an attempt gives up
     lease_seconds: int = Field(default=120, ge=5, le=3600)
     batch: int = Field(default=200, ge=1, le=10000)
+    # database work (claims, proof, records) in a helper process: see outreach/db_helper.py
+    db_process: bool = False
 
 
 class ProofConfig(_Strict):

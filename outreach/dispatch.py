@@ -57,7 +57,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from sqlalchemy import Select, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -90,7 +90,22 @@ from outreach.store import (
 
 log = logging.getLogger("outreach.dispatch")
 
+if TYPE_CHECKING:
+    from outreach.db_helper import DbHelper
+
 DUE_STATES = ("queued", "retry", "unknown")
+#: The dispatcher's database operations: all its database work goes through these, by name, so
+#: that it can run in a helper process (outreach.db_helper) as well as in a thread.
+DB_OPERATIONS = frozenset(
+    {
+        "recover",
+        "claim_batch",
+        "record_outcomes",
+        "record_retry",
+        "record_try_start",
+        "renew_leases",
+    }
+)
 
 T = TypeVar("T")
 
@@ -137,7 +152,7 @@ class DispatchPolicy:
 
 
 @dataclass(slots=True)
-class _Job:
+class Job:
     attempt_id: int
     case_id: int
     chain: str
@@ -151,8 +166,8 @@ class _Job:
 
 
 @dataclass(slots=True)
-class _Outcome:
-    job: _Job
+class Outcome:
+    job: Job
     state: str  # sent | pending | failed | unknown | retry | released
     receipt: Receipt | None = None
     error: Exception | None = None
@@ -325,8 +340,12 @@ class Dispatcher:
         sender: Mapping[str, str | None] | None = None,
         now: Callable[[], datetime] = clock.now,
         sleep: Callable[[float], Any] = asyncio.sleep,
+        helper: DbHelper | None = None,
     ) -> None:
         self.sessions = sessions
+        # Where the database work runs: None, this process's own thread; or a helper process
+        # that holds an identical dispatcher (same config, same owner) - see outreach.db_helper
+        self.helper = helper
         self.channels = channels
         self.policy = policy
         self.owner = owner or worker_id()
@@ -342,7 +361,7 @@ class Dispatcher:
         self._broken = False  # outcomes could not be recorded: stop claiming more
         self._pool: ThreadPoolExecutor | None = None  # records, renewals, recovery
         self._claims: ThreadPoolExecutor | None = None  # claims, when they may run alongside
-        self._live: dict[int, _Job] = {}  # claimed and not yet recorded: their leases are renewed
+        self._live: dict[int, Job] = {}  # claimed and not yet recorded: their leases are renewed
         self._statements: dict[tuple[Any, ...], Any] = {}
 
     def _semaphores(self) -> dict[str, asyncio.Semaphore]:
@@ -361,21 +380,22 @@ class Dispatcher:
     def _transaction(self, work: Callable[[Session], T]) -> T:
         return in_transaction(self.sessions, work)
 
-    async def _in_db(self, fn: Callable[..., T], *args: Any) -> T:
-        """Database work goes to the dispatcher's own thread while :meth:`run_once` runs."""
-        if self._pool is None:
-            return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-
-    async def _claim_in_db(self, report: DispatchReport) -> tuple[list[_Job], int]:
-        """Claims get a thread of their own on PostgreSQL, so a claim waiting on the server
-        does not wait behind outcome records too; SQLite has one writer, so one thread."""
-        pool = self._claims or self._pool
+    async def _db(self, method: str, *args: Any) -> Any:
+        """Run one of the dispatcher's database operations (the methods named in
+        :data:`DB_OPERATIONS`) where database work runs while :meth:`run_once` runs: the
+        dispatcher's own thread, or the helper process (:mod:`outreach.db_helper`), which gets
+        the caller's clock reading so both sides agree on "now"."""
+        if self.helper is not None:
+            return await self.helper.call(method, self.now(), args)
+        fn = getattr(self, method)
+        # Claims get a thread of their own on PostgreSQL, so a claim waiting on the server does
+        # not wait behind outcome records too; SQLite has one writer, so one thread.
+        pool = (self._claims or self._pool) if method == "claim_batch" else self._pool
         if pool is None:
-            return self._claim(report)
-        return await asyncio.get_running_loop().run_in_executor(pool, self._claim, report)
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
-    def _ours(self, row: Any, job: _Job) -> bool:
+    def _ours(self, row: Any, job: Job) -> bool:
         return bool(
             row is not None
             and row.state == "sending"
@@ -526,18 +546,17 @@ class Dispatcher:
                     found.setdefault((case_id, party_id), []).append((step, mid))
         return found
 
-    def claim(self, report: DispatchReport) -> list[_Job]:
+    def claim(self, report: DispatchReport) -> list[Job]:
         """Lease a batch of due attempts and chain ``try_started`` for each, in one transaction."""
-        jobs, _ = self._claim(report)
+        jobs, _, counts = self.claim_batch()
+        report.add(counts)
         return jobs
 
-    def _claim(self, report: DispatchReport) -> tuple[list[_Job], int]:
-        """(jobs, rows examined); the counts reach ``report`` only once the claim committed."""
-        jobs, examined, counts = self._transaction(self._claim_in)
-        report.add(counts)
-        return jobs, examined
+    def claim_batch(self) -> tuple[list[Job], int, DispatchReport]:
+        """(jobs, rows examined, counts) of one committed claim."""
+        return self._transaction(self._claim_in)
 
-    def _claim_in(self, s: Session) -> tuple[list[_Job], int, DispatchReport]:
+    def _claim_in(self, s: Session) -> tuple[list[Job], int, DispatchReport]:
         counts = DispatchReport()
         now = self.now()
         lease_until = now + timedelta(seconds=self.policy.lease_seconds)
@@ -554,7 +573,7 @@ class Dispatcher:
         writes = _Writes(now)
         changes: list[dict[str, Any]] = []
         sends: list[dict[str, Any]] = []
-        jobs: list[_Job] = []
+        jobs: list[Job] = []
         for r in rows:
             chain = case_chain(r.reference)
             if gate is not None and r.channel in self._limited:
@@ -682,7 +701,7 @@ class Dispatcher:
                 started["payload_differs_from"] = r.payload_sha256
             writes.event(chain, "try_started", started, case_id=r.case_id, attempt_id=r.id)
             jobs.append(
-                _Job(
+                Job(
                     r.id,
                     r.case_id,
                     chain,
@@ -702,7 +721,7 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ send
 
-    def _record_retry(self, job: _Job, exc: Transient, delay: float) -> None:
+    def record_retry(self, job: Job, exc: Transient, delay: float) -> None:
         """Chain the failed try; renew the lease over the back-off."""
         now = self.now()
         until = now + timedelta(seconds=self.policy.lease_seconds + delay)
@@ -740,15 +759,15 @@ class Dispatcher:
         self._transaction(work)
         job.lease_until = until
 
-    def _record_try_start(self, job: _Job) -> bool:
-        """Chain the next try of a claimed attempt before it is sent; False if the attempt is
-        no longer this worker's (its lease passed to recovery meanwhile)."""
+    def record_try_start(self, job: Job) -> int | None:
+        """Chain the next try of a claimed attempt before it is sent: its try number, or None
+        if the attempt is no longer this worker's (its lease passed to recovery meanwhile)."""
         now = self.now()
 
-        def work(s: Session) -> bool:
+        def work(s: Session) -> int | None:
             row = self._current(s, [job.attempt_id]).get(job.attempt_id)
             if row is None or not self._ours(row, job):
-                return False
+                return None
             tries = row.tries + 1
             writes = _Writes(now)
             writes.event(
@@ -783,17 +802,18 @@ class Dispatcher:
                     }
                 ],
             )
+            # (a helper process keeps its own copy of the job: both must know the try)
             job.try_number = tries
-            return True
+            return tries
 
         return self._transaction(work)
 
-    async def _send(self, job: _Job, outcomes: asyncio.Queue[_Outcome | None]) -> None:
+    async def _send(self, job: Job, outcomes: asyncio.Queue[Outcome | None]) -> None:
         channel = self.channels[job.channel]
         async with self._sem[job.channel]:
             if self._stopping or self._broken:
                 await outcomes.put(
-                    _Outcome(
+                    Outcome(
                         job,
                         "released",
                         at=self.now(),
@@ -803,7 +823,7 @@ class Dispatcher:
                 return
             if job.lease_until is not None and self.now() >= job.lease_until:
                 await outcomes.put(
-                    _Outcome(
+                    Outcome(
                         job, "released", at=self.now(), reason="the lease ran out before sending"
                     )
                 )
@@ -813,23 +833,23 @@ class Dispatcher:
                 state = (
                     "pending" if receipt.pending else ("sent" if receipt.accepted else "unknown")
                 )
-                outcome = _Outcome(job, state, receipt=receipt, at=self.now(), tries=job.tries)
+                outcome = Outcome(job, state, receipt=receipt, at=self.now(), tries=job.tries)
             except _Stopped as exc:
-                outcome = _Outcome(
+                outcome = Outcome(
                     job, "retry", error=Transient(str(exc)), at=self.now(), tries=job.tries
                 )
             except Transient as exc:
-                outcome = _Outcome(job, "retry", error=exc, at=self.now(), tries=job.tries)
+                outcome = Outcome(job, "retry", error=exc, at=self.now(), tries=job.tries)
             except Permanent as exc:
-                outcome = _Outcome(job, "failed", error=exc, at=self.now(), tries=job.tries)
+                outcome = Outcome(job, "failed", error=exc, at=self.now(), tries=job.tries)
             except Unknown as exc:
-                outcome = _Outcome(job, "unknown", error=exc, at=self.now(), tries=job.tries)
+                outcome = Outcome(job, "unknown", error=exc, at=self.now(), tries=job.tries)
             except Exception as exc:
                 log.exception("channel %s raised an unexpected error", job.channel)
-                outcome = _Outcome(job, "unknown", error=exc, at=self.now(), tries=job.tries)
+                outcome = Outcome(job, "unknown", error=exc, at=self.now(), tries=job.tries)
             await outcomes.put(outcome)
 
-    async def _tries(self, job: _Job, channel: Channel) -> Receipt:
+    async def _tries(self, job: Job, channel: Channel) -> Receipt:
         """Send, retrying transient failures within this claim.
 
         The first try goes straight out: nearly every send succeeds at once, and tenacity's
@@ -847,7 +867,7 @@ class Dispatcher:
             raise first
         backoff = self.policy.backoff
         delay = backoff.delay(1, first.retry_after)
-        await self._in_db(self._record_retry, job, first, delay)
+        await self._db("record_retry", job, first, delay)
         await self.sleep(delay)
 
         def wait(state: RetryCallState) -> float:
@@ -858,7 +878,7 @@ class Dispatcher:
         async def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, Transient):
-                await self._in_db(self._record_retry, job, exc, state.upcoming_sleep)
+                await self._db("record_retry", job, exc, state.upcoming_sleep)
 
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(Transient),
@@ -872,8 +892,10 @@ class Dispatcher:
             with attempt:
                 if self._stopping:
                     raise _Stopped("stopped before the next try")
-                if not await self._in_db(self._record_try_start, job):
+                tries = await self._db("record_try_start", job)
+                if tries is None:
                     raise _Stopped("the lease passed to recovery before the next try")
+                job.try_number = tries
                 job.tries += 1
                 receipt = await channel.send(job.prepared)
         return receipt
@@ -892,18 +914,21 @@ class Dispatcher:
                 found[row[0]] = make(row)
         return found
 
-    def _write_outcomes(self, batch: list[_Outcome], report: DispatchReport) -> None:
+    def _write_outcomes(self, batch: list[Outcome], report: DispatchReport) -> None:
         """Record finished sends in one transaction; counted in ``report`` once committed."""
-        counts = self._transaction(lambda s: self._write_in(s, batch))
-        report.add(counts)
+        report.add(self.record_outcomes(batch))
 
-    def _write_in(self, s: Session, batch: list[_Outcome]) -> DispatchReport:
+    def record_outcomes(self, batch: list[Outcome]) -> DispatchReport:
+        """Record finished sends in one transaction: the counts of what was recorded."""
+        return self._transaction(lambda s: self._write_in(s, batch))
+
+    def _write_in(self, s: Session, batch: list[Outcome]) -> DispatchReport:
         counts = DispatchReport()
         now = self.now()
         current = self._current(s, [o.job.attempt_id for o in batch])
         writes = _Writes(now)
         changes: list[dict[str, Any]] = []
-        bad: dict[int, tuple[_Outcome, str | None]] = {}
+        bad: dict[int, tuple[Outcome, str | None]] = {}
         for o in batch:
             if o.state == "failed" and isinstance(o.error, Permanent) and o.error.bad_recipient:
                 bad.setdefault(o.job.contact_id, (o, o.error.detail))
@@ -1064,12 +1089,12 @@ class Dispatcher:
         return found
 
     async def _writer(
-        self, outcomes: asyncio.Queue[_Outcome | None], report: DispatchReport
+        self, outcomes: asyncio.Queue[Outcome | None], report: DispatchReport
     ) -> None:
         done = False
         while not done:
             first = await outcomes.get()
-            batch: list[_Outcome] = []
+            batch: list[Outcome] = []
             if first is None:
                 done = True
             else:
@@ -1085,7 +1110,7 @@ class Dispatcher:
             if not batch:
                 continue
             try:
-                await self._in_db(self._write_outcomes, batch, report)
+                report.add(await self._db("record_outcomes", batch))
             except Exception as exc:
                 # Nothing of this batch is recorded: its attempts stay `sending` with their
                 # try_started chained, and recovery will chain `unknown` for each. Claiming more
@@ -1106,15 +1131,19 @@ class Dispatcher:
             jobs = list(self._live.values())
             if jobs:
                 try:
-                    await self._in_db(self._renew, jobs)
+                    until = await self._db("renew_leases", [j.attempt_id for j in jobs])
+                    for job in jobs:
+                        if job.lease_until is None or job.lease_until < until:
+                            job.lease_until = until
                 except Exception:
                     log.exception("renewing leases failed")
 
-    def _renew(self, jobs: Sequence[_Job]) -> None:
+    def renew_leases(self, attempt_ids: Sequence[int]) -> datetime:
+        """Extend this worker's leases on these attempts: the new expiry."""
         until = self.now() + timedelta(seconds=self.policy.lease_seconds)
 
         def work(s: Session) -> None:
-            for chunk in in_chunks(sorted(j.attempt_id for j in jobs)):
+            for chunk in in_chunks(sorted(attempt_ids)):
                 s.execute(
                     update(Attempt)
                     .where(
@@ -1127,9 +1156,7 @@ class Dispatcher:
                 )
 
         self._transaction(work)
-        for job in jobs:
-            if job.lease_until is None or job.lease_until < until:
-                job.lease_until = until
+        return until
 
     # ------------------------------------------------------------------ loop
 
@@ -1145,11 +1172,12 @@ class Dispatcher:
         report = DispatchReport()
         self._sem = self._semaphores()
         self._broken = False
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="outreach-db")
-        bind = self.sessions.kw.get("bind")
-        if bind is not None and bind.dialect.name == "postgresql":
-            self._claims = ThreadPoolExecutor(1, thread_name_prefix="outreach-claims")
-        outcomes: asyncio.Queue[_Outcome | None] = asyncio.Queue()
+        if self.helper is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="outreach-db")
+            bind = self.sessions.kw.get("bind")
+            if bind is not None and bind.dialect.name == "postgresql":
+                self._claims = ThreadPoolExecutor(1, thread_name_prefix="outreach-claims")
+        outcomes: asyncio.Queue[Outcome | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
         freed = asyncio.Event()  # a send finished: there may be room for the next batch
 
@@ -1160,7 +1188,7 @@ class Dispatcher:
         writer: asyncio.Task[None] | None = None
         heartbeat: asyncio.Task[None] | None = None
         try:
-            report.recovered = await self._in_db(self.recover)
+            report.recovered = await self._db("recover")
             writer = asyncio.create_task(self._writer(outcomes, report))
             heartbeat = asyncio.create_task(self._heartbeat())
             while not (self._stopping or self._broken):
@@ -1169,7 +1197,8 @@ class Dispatcher:
                     freed.clear()
                     await freed.wait()
                     continue
-                jobs, examined = await self._claim_in_db(report)
+                jobs, examined, counts = await self._db("claim_batch")
+                report.add(counts)
                 for job in jobs:
                     self._live[job.attempt_id] = job
                     task = asyncio.create_task(self._send(job, outcomes))
@@ -1193,7 +1222,8 @@ class Dispatcher:
                 heartbeat.cancel()
                 await asyncio.gather(heartbeat, return_exceptions=True)
             pool, self._pool = self._pool, None
-            pool.shutdown(wait=True)
+            if pool is not None:
+                pool.shutdown(wait=True)
             if self._claims is not None:
                 claims, self._claims = self._claims, None
                 claims.shutdown(wait=True)

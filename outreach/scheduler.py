@@ -533,7 +533,8 @@ class Worker:
     async def _send(self, report: TickReport) -> None:
         at = report.at
         now: Callable[[], datetime] = (lambda: at) if self.simulated else clock.now
-        dispatcher = self.app.dispatcher(self._channels, now=now)
+        # (in a thread: with [dispatch] db_process the first call starts the helper, ~1 s)
+        dispatcher = await asyncio.to_thread(self.app.dispatcher, self._channels, now=now)
         self._dispatcher = dispatcher
         if self.stopping:
             dispatcher.request_stop()

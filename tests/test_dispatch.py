@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from channels.base import Outgoing, Permanent, Prepared, RateLimit, Receipt, Transient, Unknown
 from outreach.app import App
-from outreach.dispatch import Dispatcher, DispatchPolicy, DispatchReport, _Outcome
+from outreach.dispatch import Dispatcher, DispatchPolicy, DispatchReport, Outcome
 from outreach.proof import (
     NewEvent,
     all_chains,
@@ -481,7 +481,7 @@ async def test_an_outcome_after_the_lease_was_lost_is_chained_as_late(bare: App)
     # ... but it was only slow, and now reports that the relay took the message
     receipt = Receipt(accepted=True, provider_id="q1", response=b"250 ok")
     report = DispatchReport()
-    first._write_outcomes([_Outcome(job, "sent", receipt=receipt, at=later)], report)
+    first._write_outcomes([Outcome(job, "sent", receipt=receipt, at=later)], report)
     assert report.sent == 1
     [a] = _attempts(bare)
     assert a.state == "unknown"  # recovery's decision stands: the next claim re-sends
@@ -526,10 +526,10 @@ async def test_unrecordable_outcomes_stop_the_run_and_recovery_takes_over(bare: 
         now=lambda: t0,
     )
 
-    def database_gone(batch: list[_Outcome], report: DispatchReport) -> None:
+    def database_gone(batch: list[Outcome]) -> DispatchReport:
         raise sa.exc.OperationalError("INSERT", {}, Exception("disk I/O error"))
 
-    d._write_outcomes = database_gone  # type: ignore[method-assign]
+    d.record_outcomes = database_gone  # type: ignore[method-assign]
     report = await d.run_once()
     # nothing counted as sent, since nothing was recorded; claiming stopped after the failure
     assert report.sent == 0 and report.errors
