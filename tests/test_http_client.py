@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import gzip
 import ipaddress
 import json
 import ssl
@@ -695,3 +696,62 @@ def test_describe_exchange_hides_credentials() -> None:
     assert record["request"]["body_bytes"] == 4
     assert record["response"]["status"] == 201
     assert ["date", "Mon, 02 Mar 2026 09:00:00 GMT"] in record["response"]["headers"]
+
+
+# -- GatewayClient.send: the plain path and when it steps aside ---------------------------------
+
+
+async def test_plain_send_reads_the_reply_like_httpx(server: LoopbackServer) -> None:
+    async with make_client() as client:
+        request = client.build_request("POST", f"{server.url}/send", content=b"abc")
+        r = await client.send(request)
+        assert r.is_closed and r.is_stream_consumed and r.request is request
+        assert r.json() == {"path": "/send", "len": 3}
+        assert r.elapsed.total_seconds() >= 0
+        # the same exchange through httpx's own layers gives the same response
+        standard = await httpx.AsyncClient.send(
+            client, client.build_request("POST", f"{server.url}/send", content=b"abc")
+        )
+        assert (standard.status_code, standard.headers.raw, standard.content) == (
+            r.status_code,
+            r.headers.raw,
+            r.content,
+        )
+
+
+async def test_compressed_replies_hooks_and_streams_take_the_standard_path(
+    server: LoopbackServer,
+) -> None:
+    raw = json.dumps({"ok": True}).encode() * 50
+
+    async def gzipped(path: str, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        data = gzip.compress(raw)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n")
+        writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+        await writer.drain()
+        return True
+
+    server.routes["/gz"] = gzipped
+    seen: list[int] = []
+
+    async def hook(response: httpx.Response) -> None:
+        seen.append(response.status_code)
+
+    async with make_client() as client:
+        assert (await client.post(f"{server.url}/gz")).content == raw  # decoded by httpx
+        client.event_hooks["response"] = [hook]
+        await client.post(f"{server.url}/send")
+        assert seen == [200]
+        client.event_hooks["response"] = []
+        request = client.build_request("POST", f"{server.url}/send", content=b"xy")
+        streamed = await client.send(request, stream=True)
+        assert not streamed.is_closed  # the caller reads it
+        assert json.loads(await streamed.aread()) == {"path": "/send", "len": 2}
+
+
+async def test_a_closed_client_refuses_to_send(server: LoopbackServer) -> None:
+    client = make_client()
+    request = client.build_request("POST", f"{server.url}/send")
+    await client.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.send(request)
