@@ -156,7 +156,12 @@ class Channel(Protocol):
         ...
 
     async def send(self, prepared: Prepared) -> Receipt:
-        """Send ``prepared.payload``. Raise Transient, Permanent or Unknown on failure."""
+        """Send ``prepared.payload``. Raise Transient, Permanent or Unknown on failure.
+
+        Only the payload is sent - the bytes recorded before sending - so the dispatcher hands
+        ``send`` the notice's identifiers in ``prepared.outgoing`` (recipient, reference,
+        keys, sender) but not its text: ``body`` is empty and ``html`` None here.
+        """
         ...
 
     async def aclose(self) -> None:

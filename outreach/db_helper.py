@@ -35,19 +35,21 @@ started once per ``App`` - ``outreach worker`` keeps it for all its ticks - and 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copyreg
 import dataclasses
 import io
 import os
 import pickle
+import queue
 import signal
 import struct
 import subprocess
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -71,8 +73,10 @@ class DbHelper:
     """A helper process running one dispatcher's database operations, one at a time.
 
     Requests and answers are pickled over the helper's stdin/stdout (its own prints go to
-    stderr). Calls are made from one thread of this process, so they reach the helper in the
-    order they were made - as they reached the dispatcher's own database thread before.
+    stderr). Requests are pipelined: a writer thread sends each as soon as it is made, a reader
+    thread hands each answer to its caller, so the helper starts its next operation while this
+    process is still unpacking the last answer. The helper runs them in the order they were
+    made - as the dispatcher's own database thread did.
     """
 
     def __init__(self, config_path: Path, env: Mapping[str, str], owner: str) -> None:
@@ -80,8 +84,11 @@ class DbHelper:
         self.owner = owner
         self._env = dict(env)  # the channels' settings, secrets included: never logged
         self._proc: subprocess.Popen[bytes] | None = None
-        self._thread: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
+        self._outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._waiting: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = deque()
+        self._lock = threading.Lock()  # _waiting's order is the order requests are queued
+        self._threads: list[threading.Thread] = []
+        self._failed: HelperFailed | None = None
 
     def start(self) -> None:
         """Start the process and wait until its dispatcher is built (about a second)."""
@@ -94,70 +101,132 @@ class DbHelper:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
+        assert proc.stdin is not None and proc.stdout is not None
         self._proc = proc
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="outreach-db-helper")
+        self._failed = None
         try:
-            ready = self._thread.submit(
-                self._exchange, (str(self.config_path), self._env, self.owner)
-            ).result(timeout=_START_TIMEOUT)
-            if ready != "ready":
-                raise HelperFailed(f"unexpected first answer {ready!r}")
+            _write_frame(proc.stdin, _dumps((str(self.config_path), self._env, self.owner), {}))
+            status, value = _loads(_read_frame(proc.stdout))
+            if status == "error":
+                raise value
         except Exception as exc:
             self.close()
             raise HelperFailed(
                 f"the database helper process did not start ({type(exc).__name__}: {exc}); "
                 "set [dispatch] db_process = false to run without it"
             ) from exc
+        self._threads = [
+            threading.Thread(target=self._send_requests, name="outreach-db-helper-w", daemon=True),
+            threading.Thread(target=self._read_answers, name="outreach-db-helper-r", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
     async def call(self, method: str, now: datetime, args: tuple[Any, ...]) -> Any:
-        import asyncio
-
         if self._proc is None:
             self.start()
-        assert self._thread is not None
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._exchange, (method, now, args))
-
-    def _exchange(self, request: Any) -> Any:
-        proc = self._proc
-        if proc is None or proc.stdin is None or proc.stdout is None:
-            raise HelperFailed("the database helper is not running")
+        future: asyncio.Future[Any] = loop.create_future()
         with self._lock:
+            if self._failed is not None:
+                raise self._failed
+            self._waiting.append((loop, future))
+            self._outbox.put((method, now, args))
+        return await future
+
+    def _send_requests(self) -> None:
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None
+        while True:
+            request = self._outbox.get()
+            if request is None:
+                break
             try:
                 _write_frame(proc.stdin, _dumps(request, _TO_HELPER))
+            except OSError:
+                break  # the helper is gone: the reader reports it
+            except Exception as exc:  # noqa: BLE001 - a request that cannot be sent fails alone
+                self._answer(None, exc, broken=False)
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+
+    def _read_answers(self) -> None:
+        proc = self._proc
+        assert proc is not None and proc.stdout is not None
+        while True:
+            try:
                 status, value = _loads(_read_frame(proc.stdout))
-            except (OSError, EOFError) as exc:
-                code = proc.poll()
-                raise HelperFailed(
-                    "the database helper process stopped"
-                    + (f" (exit status {code})" if code is not None else "")
-                ) from exc
-        if status == "error":
-            raise value
-        return value
+            except EOFError:
+                break
+            except Exception as exc:  # noqa: BLE001 - an answer that cannot be read
+                self._answer(None, exc, broken=False)
+                continue
+            if status == "error":
+                self._answer(None, value, broken=False)
+            else:
+                self._answer(value, None, broken=False)
+        code = proc.wait()
+        self._answer(None, None, broken=True, code=code)
+
+    def _answer(
+        self, value: Any, error: BaseException | None, *, broken: bool, code: int | None = None
+    ) -> None:
+        """Hand the oldest waiting caller its answer; when the helper is gone, fail them all."""
+        with self._lock:
+            if broken:
+                if self._failed is None:
+                    self._failed = HelperFailed(
+                        "the database helper process stopped"
+                        + (f" (exit status {code})" if code else "")
+                    )
+                failing = list(self._waiting)
+                self._waiting.clear()
+            else:
+                failing = []
+                if not self._waiting:
+                    return
+                loop, future = self._waiting.popleft()
+        if broken:
+            for loop, future in failing:
+                loop.call_soon_threadsafe(_settle, future, None, self._failed)
+            return
+        loop.call_soon_threadsafe(_settle, future, value, error)
 
     def close(self) -> None:
-        """Stop the helper: it finishes the operation it is in, sees its input end, exits."""
+        """Stop the helper: it finishes what it was asked, sees its input end, exits."""
         proc, self._proc = self._proc, None
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.shutdown(wait=True)
         if proc is None:
             return
-        if proc.stdin is not None:
-            with contextlib.suppress(OSError):  # it is gone already (killed, crashed)
-                proc.stdin.close()
+        if self._threads:
+            self._outbox.put(None)  # the writer closes the helper's stdin after the last request
+        else:
+            with contextlib.suppress(OSError):
+                if proc.stdin is not None:
+                    proc.stdin.close()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads = []
+        self._outbox = queue.SimpleQueue()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():  # its caller was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
 
 
 # -------------------------------------------------------------------- in the helper process

@@ -55,7 +55,7 @@ import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -309,6 +309,20 @@ class _Writes:
     def flush(self, session: Session) -> None:
         store_blobs(session, self.blobs, self.now)
         append_events(session, self.events, self.now)
+
+
+def _for_sending(prepared: Prepared) -> Prepared:
+    """What ``send`` gets: the prepared payload, with the notice's text left behind.
+
+    ``prepare`` turned the text into the payload that was just stored and chained; ``send``
+    must send that payload and nothing else, so it gets the notice's identifiers (recipient,
+    reference, keys) but not its body or HTML. It also keeps jobs small: with ``db_process``
+    every job crosses a pipe, and the text was most of its bytes.
+    """
+    out = prepared.outgoing
+    if not out.body and out.html is None:
+        return prepared
+    return replace(prepared, outgoing=replace(out, body="", html=None))
 
 
 def _update_attempts(session: Session, rows: Sequence[dict[str, Any]]) -> None:
@@ -707,7 +721,7 @@ class Dispatcher:
                     chain,
                     r.channel,
                     r.contact_point_id,
-                    prepared,
+                    _for_sending(prepared),
                     tries,
                     claims,
                     lease_until,

@@ -626,3 +626,14 @@ async def test_a_case_answered_after_planning_sends_nothing_more(app: App) -> No
     report = await d.run_once()
     assert report.sent == 0 and not channel.sent
     assert {a.state for a in _attempts(app)} == {"queued"}
+
+
+async def test_send_gets_the_payload_not_the_notice_text(app: App) -> None:
+    """What leaves is what was recorded: ``send`` sees identifiers, not text to re-render."""
+    d, channel = _dispatcher(app, ["ok", "ok"])
+    await d.run_once()
+    assert len(channel.sent) == 2
+    for prepared in channel.sent:
+        assert prepared.outgoing.body == "" and prepared.outgoing.html is None
+        assert prepared.outgoing.recipient and prepared.outgoing.idempotency_key
+        assert json.loads(prepared.payload)["body"]  # the text is in the payload
