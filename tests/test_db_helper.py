@@ -42,11 +42,16 @@ from outreach.store import Attempt, Event
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _planned(folder: Path) -> App:
+def _planned(folder: Path, database: str | None = None) -> App:
     """The example config in ``folder``, synced, discovered and planned: attempts queued."""
     folder.mkdir()
     config = folder / "outreach.toml"
-    config.write_text((ROOT / "config.example.toml").read_text(encoding="utf-8"), encoding="utf-8")
+    text = (ROOT / "config.example.toml").read_text(encoding="utf-8")
+    if database is not None:
+        default = 'url = "sqlite:///var/outreach.db"'
+        assert default in text
+        text = text.replace(default, f'url = "{database}"', 1)
+    config.write_text(text, encoding="utf-8")
     app = App.open(config)
     app.sync()
     app.discover()
@@ -125,6 +130,19 @@ async def test_the_helper_dispatches_exactly_as_the_thread_does(twins: tuple[App
     _verify(helped)
     # every claim, proof and record was written by the helper, none by this process
     assert inserts == []
+
+
+@pytest.mark.postgres
+def test_the_helper_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    app = _planned(tmp_path / "pg", database=pg_url)
+    try:
+        assert app.engine.dialect.name == "postgresql"
+        report = asyncio.run(_run(app, helper=True))
+        assert report.sent > 0 and not report.errors
+        assert {state for _, _, state in _states(app)} <= {"sent", "pending", "queued"}
+        _verify(app)
+    finally:
+        app.close()
 
 
 def test_values_cross_the_pipe_unchanged() -> None:
