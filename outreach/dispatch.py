@@ -55,8 +55,9 @@ import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from sqlalchemy import Select, bindparam, insert, or_, select, update
@@ -322,7 +323,15 @@ def _for_sending(prepared: Prepared) -> Prepared:
     out = prepared.outgoing
     if not out.body and out.html is None:
         return prepared
-    return replace(prepared, outgoing=replace(out, body="", html=None))
+    values = list(_OUTGOING_VALUES(out))  # (dataclasses.replace costs ten times as much)
+    values[_BODY], values[_HTML] = "", None
+    p = prepared
+    return Prepared(Outgoing(*values), p.payload, p.media_type, p.message_id, p.meta)
+
+
+_OUTGOING_FIELDS = tuple(f.name for f in fields(Outgoing))
+_OUTGOING_VALUES = attrgetter(*_OUTGOING_FIELDS)
+_BODY, _HTML = _OUTGOING_FIELDS.index("body"), _OUTGOING_FIELDS.index("html")
 
 
 def _update_attempts(session: Session, rows: Sequence[dict[str, Any]]) -> None:
