@@ -3,14 +3,15 @@
 Why: one Python process runs one thread of Python at a time (the GIL). A dispatcher sending
 thousands of SMS is CPU-bound in Python on two fronts at once - the event loop driving the HTTP
 requests, and the database thread claiming, preparing, hashing, chaining and recording - and
-the two take turns on one core while the other core idles. Measured (``bench/RESULTS.md``):
-5,000 SMS to a 50 ms gateway at concurrency 100 took 1.5-2.1x the ideal time with the database
-work in a thread, CPU-bound at ~100 % of one core. Moving that work to a second process lets it
-run beside the event loop instead of between its steps.
+the two take turns on one core while the other idles. Measured (``bench/RESULTS.md``, 5,000
+SMS to a 50 ms gateway at concurrency 100, both modes side by side in one run): with the
+database work in a thread the process sat at 101-104 % of one core and took 1.8-2.1x the
+ideal time; with the helper each process used about 70 % of a core and the run took
+1.2-1.5x.
 
 Why not simply two dispatcher processes: on SQLite they take turns on its single write lock,
 and each holds it longer than its work needs because inside its transaction it waits for its
-own event loop to let go of the GIL (measured: the lock busy 97 % of such a run). One helper
+own event loop to let go of the GIL (measured: the lock held 97 % of such a run). One helper
 is the only writer, and has no event loop to wait for.
 
 What moves and what does not: the helper holds a dispatcher of its own, built from the same
@@ -22,11 +23,12 @@ reading with each, so a simulated ``--at`` clock means the same on both sides. T
 operations, and so the proof and the crash guarantees, are the dispatcher's, unchanged: a
 claim is committed before its sends start, an outcome counted once committed.
 
-Failure: if the helper dies, every later operation fails, the dispatcher stops claiming
-(what is in flight finishes; what it could not record is recovered as ``unknown`` after its
-lease, as after any crash). If the main process dies, the helper finds its request pipe closed
-and exits. The helper ignores SIGINT/SIGTERM: the main process decides when work stops, and a
-Ctrl-C reaching the whole process group must not kill the one process that records outcomes.
+Failure: if the helper dies, the operations waiting for it and every later one fail with
+:class:`HelperFailed`, and the pass ends with it (sends in flight finish; what could not be
+recorded is recovered as ``unknown`` after its lease, as after any crash). If the main process
+dies, the helper finds its request pipe closed and exits. The helper ignores SIGINT/SIGTERM:
+the main process decides when work stops, and a Ctrl-C reaching the whole process group must
+not kill the one process that records outcomes.
 
 Cost: starting the helper imports the application once more (about a second here), so it is
 started once per ``App`` - ``outreach worker`` keeps it for all its ticks - and stopped by

@@ -26,7 +26,8 @@ How it stays fast without weakening that order:
 - **Pipelined.** The next batch is claimed while the previous ones are still sending, so a
   gateway's connections never wait for the database; all database work runs on one thread of
   its own, so the event loop keeps serving sockets while a transaction waits on the disk or on
-  PostgreSQL. The first try of a send goes straight to the channel; tenacity takes over from
+  PostgreSQL - or, with ``[dispatch] db_process``, in a helper process (outreach.db_helper),
+  so that it also stops competing with the event loop for the GIL. The first try of a send goes straight to the channel; tenacity takes over from
   the first transient failure (its machinery costs more than a small gateway request).
 - **Set-wise SQL.** A claim is one joined SELECT for the whole batch, one INSERT per table
   (executemany) and one UPDATE per kind of change; no ORM objects, no query per attempt. Events
