@@ -54,6 +54,7 @@ import hashlib
 import logging
 import os
 import socket
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
@@ -380,16 +381,12 @@ class Dispatcher:
         self.now = now
         self.sleep = sleep
         self._concurrency = {name: (concurrency or {}).get(name, 20) for name in channels}
-        self._sem = self._semaphores()
         self._stopping = False
         self._broken = False  # outcomes could not be recorded: stop claiming more
         self._pool: ThreadPoolExecutor | None = None  # records, renewals, recovery
         self._claims: ThreadPoolExecutor | None = None  # claims, when they may run alongside
         self._live: dict[int, Job] = {}  # claimed and not yet recorded: their leases are renewed
         self._statements: dict[tuple[Any, ...], Any] = {}
-
-    def _semaphores(self) -> dict[str, asyncio.Semaphore]:
-        return {name: asyncio.Semaphore(n) for name, n in self._concurrency.items()}
 
     def request_stop(self) -> None:
         """Stop claiming; in-flight sends finish, claimed-but-unsent attempts are released."""
@@ -833,45 +830,41 @@ class Dispatcher:
         return self._transaction(work)
 
     async def _send(self, job: Job, outcomes: asyncio.Queue[Outcome | None]) -> None:
+        """Send one claimed job (retries included) and queue its outcome for recording."""
         channel = self.channels[job.channel]
-        async with self._sem[job.channel]:
-            if self._stopping or self._broken:
-                await outcomes.put(
-                    Outcome(
-                        job,
-                        "released",
-                        at=self.now(),
-                        reason="worker stopping: released before sending",
-                    )
+        if self._stopping or self._broken:
+            await outcomes.put(
+                Outcome(
+                    job,
+                    "released",
+                    at=self.now(),
+                    reason="worker stopping: released before sending",
                 )
-                return
-            if job.lease_until is not None and self.now() >= job.lease_until:
-                await outcomes.put(
-                    Outcome(
-                        job, "released", at=self.now(), reason="the lease ran out before sending"
-                    )
-                )
-                return
-            try:
-                receipt = await self._tries(job, channel)
-                state = (
-                    "pending" if receipt.pending else ("sent" if receipt.accepted else "unknown")
-                )
-                outcome = Outcome(job, state, receipt=receipt, at=self.now(), tries=job.tries)
-            except _Stopped as exc:
-                outcome = Outcome(
-                    job, "retry", error=Transient(str(exc)), at=self.now(), tries=job.tries
-                )
-            except Transient as exc:
-                outcome = Outcome(job, "retry", error=exc, at=self.now(), tries=job.tries)
-            except Permanent as exc:
-                outcome = Outcome(job, "failed", error=exc, at=self.now(), tries=job.tries)
-            except Unknown as exc:
-                outcome = Outcome(job, "unknown", error=exc, at=self.now(), tries=job.tries)
-            except Exception as exc:
-                log.exception("channel %s raised an unexpected error", job.channel)
-                outcome = Outcome(job, "unknown", error=exc, at=self.now(), tries=job.tries)
-            await outcomes.put(outcome)
+            )
+            return
+        if job.lease_until is not None and self.now() >= job.lease_until:
+            await outcomes.put(
+                Outcome(job, "released", at=self.now(), reason="the lease ran out before sending")
+            )
+            return
+        try:
+            receipt = await self._tries(job, channel)
+            state = "pending" if receipt.pending else ("sent" if receipt.accepted else "unknown")
+            outcome = Outcome(job, state, receipt=receipt, at=self.now(), tries=job.tries)
+        except _Stopped as exc:
+            outcome = Outcome(
+                job, "retry", error=Transient(str(exc)), at=self.now(), tries=job.tries
+            )
+        except Transient as exc:
+            outcome = Outcome(job, "retry", error=exc, at=self.now(), tries=job.tries)
+        except Permanent as exc:
+            outcome = Outcome(job, "failed", error=exc, at=self.now(), tries=job.tries)
+        except Unknown as exc:
+            outcome = Outcome(job, "unknown", error=exc, at=self.now(), tries=job.tries)
+        except Exception as exc:
+            log.exception("channel %s raised an unexpected error", job.channel)
+            outcome = Outcome(job, "unknown", error=exc, at=self.now(), tries=job.tries)
+        await outcomes.put(outcome)
 
     async def _tries(self, job: Job, channel: Channel) -> Receipt:
         """Send, retrying transient failures within this claim.
@@ -1194,7 +1187,6 @@ class Dispatcher:
         that wait short.
         """
         report = DispatchReport()
-        self._sem = self._semaphores()
         self._broken = False
         if self.helper is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="outreach-db")
@@ -1202,12 +1194,43 @@ class Dispatcher:
             if bind is not None and bind.dialect.name == "postgresql":
                 self._claims = ThreadPoolExecutor(1, thread_name_prefix="outreach-claims")
         outcomes: asyncio.Queue[Outcome | None] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
+        # Each channel has a lane of claimed jobs and as many senders as its concurrency, each
+        # taking the next job when its last send is done: no task per job, and nothing waits
+        # on a semaphore (a claimed batch arriving used to make hundreds of both at once).
+        lanes: dict[str, tuple[deque[Job], asyncio.Event]] = {}
+        senders: list[asyncio.Task[None]] = []
+        pending = 0  # claimed and not yet finished: waiting in a lane or being sent
+        claiming = True
         freed = asyncio.Event()  # a send finished: there may be room for the next batch
 
-        def finished(task: asyncio.Task[None]) -> None:
-            tasks.discard(task)
-            freed.set()
+        async def sender(lane: deque[Job], ready: asyncio.Event) -> None:
+            nonlocal pending
+            while lane or claiming:
+                if not lane:
+                    ready.clear()
+                    await ready.wait()
+                    continue
+                try:
+                    await self._send(lane.popleft(), outcomes)
+                finally:
+                    pending -= 1
+                    freed.set()
+
+        def enqueue(job: Job) -> None:
+            nonlocal pending
+            entry = lanes.get(job.channel)
+            if entry is None:
+                entry = lanes[job.channel] = (deque(), asyncio.Event())
+                for _ in range(self._concurrency.get(job.channel, 20)):
+                    senders.append(asyncio.create_task(sender(*entry)))
+            entry[0].append(job)
+            entry[1].set()
+            pending += 1
+
+        async def drained() -> None:
+            while pending:
+                freed.clear()
+                await freed.wait()
 
         writer: asyncio.Task[None] | None = None
         heartbeat: asyncio.Task[None] | None = None
@@ -1216,8 +1239,7 @@ class Dispatcher:
             writer = asyncio.create_task(self._writer(outcomes, report))
             heartbeat = asyncio.create_task(self._heartbeat())
             while not (self._stopping or self._broken):
-                if len(tasks) >= 2 * self.policy.batch:
-                    # (not asyncio.wait: it hooks every pending task on each call)
+                if pending >= 2 * self.policy.batch:
                     freed.clear()
                     await freed.wait()
                     continue
@@ -1225,20 +1247,21 @@ class Dispatcher:
                 report.add(counts)
                 for job in jobs:
                     self._live[job.attempt_id] = job
-                    task = asyncio.create_task(self._send(job, outcomes))
-                    tasks.add(task)
-                    task.add_done_callback(finished)
+                    enqueue(job)
                 if examined < self.policy.batch:
                     # Drained for now: let what is in flight finish, then look once more
                     # (a partial batch may have left nothing behind, or an outcome made an
                     # attempt due again); stop when a look finds nothing.
-                    if tasks:
-                        await asyncio.wait(tasks)
+                    await drained()
                     if examined == 0:
                         break
         finally:
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+            # What is still in a lane is sent, or released if the run is stopping or broken.
+            claiming = False
+            for _lane, ready in lanes.values():
+                ready.set()
+            if senders:
+                await asyncio.gather(*senders, return_exceptions=True)
             await outcomes.put(None)
             if writer is not None:
                 await writer
