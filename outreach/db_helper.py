@@ -4,10 +4,10 @@ Why: one Python process runs one thread of Python at a time (the GIL). A dispatc
 thousands of SMS is CPU-bound in Python on two fronts at once - the event loop driving the HTTP
 requests, and the database thread claiming, preparing, hashing, chaining and recording - and
 the two take turns on one core while the other idles. Measured (``bench/RESULTS.md``, 5,000
-SMS to a 50 ms gateway at concurrency 100, both modes side by side in one run): with the
-database work in a thread the process sat at 101-104 % of one core and took 1.8-2.1x the
-ideal time; with the helper each process used about 70 % of a core and the run took
-1.2-1.5x.
+SMS to a 50 ms gateway at concurrency 100, both modes side by side in each run): with the
+database work in a thread the process sat at 100-104 % of one core and the medians of five
+runs were 1.35-1.98x the ideal time; with the helper each process used 55-77 % of a core and
+the medians were 1.25x and 1.26x in the final code.
 
 Why not simply two dispatcher processes: on SQLite they take turns on its single write lock,
 and each holds it longer than its work needs because inside its transaction it waits for its
