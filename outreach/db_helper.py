@@ -56,7 +56,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from channels.base import Outgoing, Prepared, Receipt
+from channels.base import ChannelError, Outgoing, Permanent, Prepared, Receipt, Transient, Unknown
 
 if TYPE_CHECKING:
     from outreach.dispatch import Dispatcher
@@ -131,28 +131,30 @@ class DbHelper:
     async def call(self, method: str, now: datetime, args: tuple[Any, ...]) -> Any:
         if self._proc is None:
             self.start()
+        if method == "record_retry":  # (job, the transient failure, delay)
+            args = (args[0], portable(args[1]), *args[2:])
+        # Pickled here, so a request that cannot be sent fails its caller alone.
+        frame = _dumps((method, now, args), _TO_HELPER)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         with self._lock:
             if self._failed is not None:
                 raise self._failed
             self._waiting.append((loop, future))
-            self._outbox.put((method, now, args))
+            self._outbox.put(frame)
         return await future
 
     def _send_requests(self) -> None:
         proc = self._proc
         assert proc is not None and proc.stdin is not None
         while True:
-            request = self._outbox.get()
-            if request is None:
+            frame = self._outbox.get()
+            if frame is None:
                 break
             try:
-                _write_frame(proc.stdin, _dumps(request, _TO_HELPER))
+                _write_frame(proc.stdin, frame)
             except OSError:
                 break  # the helper is gone: the reader reports it
-            except Exception as exc:  # noqa: BLE001 - a request that cannot be sent fails alone
-                self._answer(None, exc, broken=False)
         with contextlib.suppress(OSError):
             proc.stdin.close()
 
@@ -343,6 +345,46 @@ def _by_fields(cls: type[Any]) -> Callable[[Any], Any]:
     return reduce
 
 
+class Relayed(Exception):
+    """An exception from a channel that is not one of the three failure types, as the helper
+    sees it: its type's name and message (and ``code``), which is all the dispatcher records."""
+
+    def __init__(self, detail: str, code: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.code = code
+
+
+def portable(exc: BaseException | None) -> BaseException | None:
+    """The failure as the records need it, in a form that surely pickles.
+
+    A channel may raise its own subclass of Transient/Permanent/Unknown (with an ``__init__``
+    of its own) or any other exception (holding a socket, say). The dispatcher records only
+    the detail, code, reply, transcript, Retry-After and bad-recipient flag - and for any other
+    exception ``"Type: message"`` - so that is what crosses, as the plain class.
+    """
+    if exc is None or type(exc) in (Transient, Permanent, Unknown):
+        return exc
+    if isinstance(exc, ChannelError):
+        kw: dict[str, Any] = {
+            "code": exc.code,
+            "response": exc.response,
+            "transcript": exc.transcript,
+        }
+        if isinstance(exc, Transient):
+            return Transient(exc.detail, retry_after=exc.retry_after, **kw)
+        if isinstance(exc, Permanent):
+            return Permanent(exc.detail, bad_recipient=exc.bad_recipient, **kw)
+        return Unknown(exc.detail, **kw)
+    code = getattr(exc, "code", None)
+    return Relayed(f"{type(exc).__name__}: {exc}", None if code is None else str(code))
+
+
+def _reduce_outcome(outcome: Any) -> Any:
+    o = outcome
+    return type(o), (o.job, o.state, o.receipt, portable(o.error), o.at, o.tries, o.reason)
+
+
 def _job(attempt_id: int, try_number: int) -> Any:
     job = _jobs[attempt_id]
     job.try_number = try_number
@@ -358,8 +400,9 @@ def _tables() -> tuple[dict[type[Any], Any], dict[type[Any], Any]]:
 
     common: dict[type[Any], Any] = dict(copyreg.dispatch_table)
     common[datetime] = _reduce_datetime
-    for cls in (Outgoing, Prepared, Receipt, Outcome, DispatchReport):
+    for cls in (Outgoing, Prepared, Receipt, DispatchReport):
         common[cls] = _by_fields(cls)
+    common[Outcome] = _reduce_outcome
     to_helper = {**common, Job: _job_by_id}
     from_helper = {**common, Job: _by_fields(Job)}
     return to_helper, from_helper

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from channels.base import Channel, Prepared, Receipt
+from channels.base import Channel, Permanent, Prepared, Receipt, Transient
 from outreach.app import App
 from outreach.db_helper import (
     _FROM_HELPER,
@@ -34,6 +35,7 @@ from outreach.db_helper import (
     _dumps,
     _jobs,
     _loads,
+    portable,
 )
 from outreach.dispatch import Dispatcher, DispatchPolicy, Job, Outcome
 from outreach.proof import all_chains, verify_chain
@@ -168,6 +170,35 @@ def test_values_cross_the_pipe_unchanged() -> None:
         assert back_outcome.at == moments[0] and back_outcome.tries == 2
     finally:
         _jobs.pop(1, None)
+
+
+class _OddTransient(Transient):
+    """A channel's own failure type, with an __init__ pickle cannot call back."""
+
+    def __init__(self, status: int, what: str) -> None:
+        super().__init__(f"{what}: HTTP {status}", code=str(status), retry_after=7.0)
+
+
+class _HoldsALock(Exception):
+    def __init__(self) -> None:
+        super().__init__("gateway client broke")
+        self.lock = threading.Lock()  # does not pickle
+        self.code = 42
+
+
+def test_failures_cross_the_pipe_as_the_records_need_them() -> None:
+    odd = portable(_OddTransient(429, "gw"))
+    assert type(odd) is Transient and odd.detail == "gw: HTTP 429"
+    assert (odd.code, odd.retry_after) == ("429", 7.0)
+    held = _loads(_dumps(Outcome(_job_for_wire(), "unknown", error=_HoldsALock()), _FROM_HELPER))
+    assert held.error.detail == "_HoldsALock: gateway client broke"  # the thread's own text
+    assert held.error.code == "42"
+    plain = Permanent("550 no such user", code="550", bad_recipient=True)
+    assert portable(plain) is plain
+
+
+def _job_for_wire() -> Job:
+    return Job(1, 2, "case:X", "outbox", 3, _prepared(), try_number=1, claims=1)
 
 
 def _prepared() -> Prepared:
