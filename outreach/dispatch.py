@@ -52,26 +52,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
-import socket
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
-from operator import attrgetter
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Select, bindparam, insert, or_, select, update
+from sqlalchemy import Select, bindparam, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.sql.dml import Update
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from channels.base import (
     Channel,
     Outgoing,
     Permanent,
-    Prepared,
     RateLimit,
     Receipt,
     Transient,
@@ -79,22 +73,53 @@ from channels.base import (
 )
 from outreach import clock
 from outreach.bulk import executemany, in_chunks, table_of
-from outreach.proof import NewEvent, append_events, jsonable, store_blobs
+from outreach.dispatch_data import (
+    CURRENT,
+    CURRENT_PG,
+    DUE_COLUMNS,
+    SEND_INSERT,
+    CurrentRow,
+    DispatchPolicy,
+    DispatchReport,
+    DueRow,
+    Job,
+    Outcome,
+    Writes,
+    case_chain,
+    for_sending,
+    is_pg,
+    update_attempts,
+    worker_id,
+)
+from outreach.proof import jsonable
 from outreach.ratelimit import ClaimGate, limited_channels
-from outreach.retry import Backoff, in_transaction
+from outreach.retry import in_transaction
 from outreach.store import (
     Attempt,
     Case,
     ContactPoint,
     Notice,
     Party,
-    Send,
 )
 
 log = logging.getLogger("outreach.dispatch")
 
 if TYPE_CHECKING:
     from outreach.db_helper import DbHelper
+
+__all__ = [
+    "DB_OPERATIONS",
+    "DUE_STATES",
+    "DispatchPolicy",
+    "DispatchReport",
+    "Dispatcher",
+    "Job",
+    "Outcome",
+    "case_chain",
+    "worker_id",
+]
+
+_DEFAULT_POLICY = DispatchPolicy()
 
 DUE_STATES = ("queued", "retry", "unknown")
 #: The dispatcher's database operations: all its database work goes through these, by name, so
@@ -113,242 +138,6 @@ DB_OPERATIONS = frozenset(
 T = TypeVar("T")
 
 
-@dataclass
-class DispatchReport:
-    sent: int = 0
-    pending: int = 0
-    failed: int = 0
-    unknown: int = 0
-    rescheduled: int = 0
-    deferred: int = 0
-    recovered: int = 0
-    released: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    def add(self, other: DispatchReport) -> None:
-        for name in (
-            "sent",
-            "pending",
-            "failed",
-            "unknown",
-            "rescheduled",
-            "deferred",
-            "recovered",
-            "released",
-        ):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.errors.extend(other.errors)
-
-
-@dataclass(frozen=True, slots=True)
-class DispatchPolicy:
-    max_tries: int = 4
-    reschedule_after: float = 1800.0
-    max_claims: int = 12
-    lease_seconds: float = 120.0
-    batch: int = 200
-    backoff: Backoff = field(default_factory=Backoff)
-    # How long the writer lets outcomes gather before one commit records them all: a longer
-    # linger means fewer, larger transactions, a shorter one a smaller crash window (sent but
-    # not yet recorded, hence re-sent after recovery as a visible duplicate).
-    linger_seconds: float = 0.05
-
-
-@dataclass(slots=True)
-class Job:
-    attempt_id: int
-    case_id: int
-    chain: str
-    channel: str
-    contact_id: int
-    prepared: Prepared
-    try_number: int
-    claims: int
-    lease_until: datetime | None = None
-    tries: int = 0  # sends of this claim so far
-
-
-@dataclass(slots=True)
-class Outcome:
-    job: Job
-    state: str  # sent | pending | failed | unknown | retry | released
-    receipt: Receipt | None = None
-    error: Exception | None = None
-    at: datetime = field(default_factory=clock.now)
-    tries: int = 1
-    reason: str | None = None  # why a job was released
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def case_chain(reference: str) -> str:
-    """The chain of a case, as :attr:`outreach.store.Case.chain` names it (without loading it)."""
-    return f"case:{reference}"
-
-
-def _is_pg(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
-_ATTEMPT_UPDATES: dict[tuple[str, ...], Update] = {}
-
-
-def _attempt_update(columns: tuple[str, ...]) -> Update:
-    """UPDATE attempts SET <columns> WHERE id = :b_id, built once per set of columns."""
-    stmt = _ATTEMPT_UPDATES.get(columns)
-    if stmt is None:
-        table = table_of(Attempt)
-        stmt = (
-            update(table)
-            .where(table.c.id == bindparam("b_id"))
-            .values({c: bindparam(f"b_{c}") for c in columns})
-        )
-        _ATTEMPT_UPDATES[columns] = stmt
-    return stmt
-
-
-_SEND_INSERT = insert(table_of(Send))
-
-
-class _Due(NamedTuple):
-    """A due attempt with what preparing it needs (a plain tuple: SQLAlchemy's ``Row`` looks
-    attributes up through a failed ordinary lookup first, which cost more than the claim's
-    own work on them)."""
-
-    id: int
-    next_try_at: datetime
-    channel: str
-    kind: str
-    recipient: str
-    contact_point_id: int
-    idempotency_key: str
-    tries: int
-    claims: int
-    created_at: datetime
-    payload_sha256: str | None
-    case_id: int
-    party_id: int
-    step: int
-    subject: str
-    body: str
-    html: str | None
-    sms_params: dict[str, Any] | None
-    template: str
-    language: str
-    reference: str
-    party_name: str
-    legal_name: str | None
-
-
-def _due_columns() -> dict[str, Any]:
-    a, n, c, p = (table_of(m) for m in (Attempt, Notice, Case, Party))
-    columns: dict[str, Any] = {}
-    for name in _Due._fields:
-        if name == "reference":
-            columns[name] = c.c.reference
-        elif name == "party_name":
-            columns[name] = p.c.name.label("party_name")
-        elif name == "legal_name":
-            columns[name] = p.c.legal_name
-        elif name in a.c:
-            columns[name] = a.c[name]
-        else:
-            columns[name] = n.c[name]
-    return columns
-
-
-_DUE_COLUMNS = _due_columns()
-
-
-class _Current(NamedTuple):
-    id: int
-    state: str
-    lease_owner: str | None
-    claims: int
-    tries: int
-
-
-def _current_statement(pg: bool) -> Select[Any]:
-    a = table_of(Attempt)
-    stmt = (
-        select(*(a.c[name] for name in _Current._fields))
-        .where(a.c.id.in_(bindparam("ids", expanding=True)))
-        .order_by(a.c.id)
-    )
-    return stmt.with_for_update() if pg else stmt
-
-
-_CURRENT = _current_statement(pg=False)
-_CURRENT_PG = _current_statement(pg=True)
-
-
-@dataclass(slots=True)
-class _Writes:
-    """What one transaction will chain and store, written in lock order by :meth:`flush`."""
-
-    now: datetime
-    blobs: dict[str, tuple[bytes, str]] = field(default_factory=dict)
-    events: list[NewEvent] = field(default_factory=list)
-
-    def blob(self, data: bytes, media_type: str) -> str:
-        digest = hashlib.sha256(data).hexdigest()
-        self.blobs.setdefault(digest, (data, media_type))
-        return digest
-
-    def event(
-        self,
-        chain: str,
-        kind: str,
-        data: dict[str, Any],
-        *,
-        case_id: int | None,
-        attempt_id: int | None,
-        at: datetime | None = None,
-    ) -> None:
-        self.events.append(NewEvent(chain, kind, data, case_id, attempt_id, at or self.now))
-
-    def flush(self, session: Session) -> None:
-        store_blobs(session, self.blobs, self.now)
-        append_events(session, self.events, self.now)
-
-
-def _for_sending(prepared: Prepared) -> Prepared:
-    """What ``send`` gets: the prepared payload, with the notice's text left behind.
-
-    ``prepare`` turned the text into the payload that was just stored and chained; ``send``
-    must send that payload and nothing else, so it gets the notice's identifiers (recipient,
-    reference, keys) but not its body or HTML. It also keeps jobs small: with ``db_process``
-    every job crosses a pipe, and the text was most of its bytes.
-    """
-    out = prepared.outgoing
-    if not out.body and out.html is None:
-        return prepared
-    values = list(_OUTGOING_VALUES(out))  # (dataclasses.replace costs ten times as much)
-    values[_BODY], values[_HTML] = "", None
-    p = prepared
-    return Prepared(Outgoing(*values), p.payload, p.media_type, p.message_id, p.meta)
-
-
-_OUTGOING_FIELDS = tuple(f.name for f in fields(Outgoing))
-_OUTGOING_VALUES = attrgetter(*_OUTGOING_FIELDS)
-_BODY, _HTML = _OUTGOING_FIELDS.index("body"), _OUTGOING_FIELDS.index("html")
-
-
-def _update_attempts(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """UPDATE attempts by id, one executemany per set of changed columns."""
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(sorted(k for k in row if k != "id")), []).append(row)
-    for columns, group in groups.items():
-        executemany(
-            session,
-            _attempt_update(columns),
-            [{f"b_{k}": v for k, v in row.items()} for row in group],
-        )
-
-
 # ---------------------------------------------------------------------- the dispatcher
 
 
@@ -357,7 +146,7 @@ class Dispatcher:
         self,
         sessions: sessionmaker[Session],
         channels: Mapping[str, Channel],
-        policy: DispatchPolicy = DispatchPolicy(),
+        policy: DispatchPolicy = _DEFAULT_POLICY,
         *,
         owner: str | None = None,
         limits: Mapping[str, Sequence[RateLimit]] | None = None,
@@ -453,12 +242,12 @@ class Dispatcher:
             .order_by(Attempt.id)
             .limit(self.policy.batch)
         )
-        if _is_pg(s):
+        if is_pg(s):
             stmt = stmt.with_for_update(of=Attempt, skip_locked=True)
         rows = s.execute(stmt).all()
         if not rows:
             return 0
-        writes = _Writes(now)
+        writes = Writes(now)
         for r in rows:
             writes.event(
                 case_chain(r.reference),
@@ -475,7 +264,7 @@ class Dispatcher:
                 attempt_id=r.id,
             )
         writes.flush(s)
-        _update_attempts(
+        update_attempts(
             s,
             [
                 {
@@ -493,7 +282,7 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ claim
 
-    def _due_rows(self, s: Session, now: datetime, pg: bool) -> list[_Due]:
+    def _due_rows(self, s: Session, now: datetime, pg: bool) -> list[DueRow]:
         """The next batch of due attempts, oldest ``next_try_at`` first.
 
         One query per due state, not one ``state IN (...)``: with an equality on ``state`` the
@@ -504,8 +293,8 @@ class Dispatcher:
         not touched and their locks end with this short transaction.
         """
         conn = s.connection()
-        rows: list[_Due] = []
-        make = _Due._make
+        rows: list[DueRow] = []
+        make = DueRow._make
         for state in DUE_STATES:
             stmt = self._due(pg, state)
             rows.extend(make(r) for r in conn.execute(stmt, {"now": now}))
@@ -520,7 +309,7 @@ class Dispatcher:
             a, n, c, p = (table_of(m) for m in (Attempt, Notice, Case, Party))
             now = bindparam("now", type_=a.c.next_try_at.type)
             stmt = (
-                select(*(_DUE_COLUMNS[name] for name in _Due._fields))
+                select(*(DUE_COLUMNS[name] for name in DueRow._fields))
                 .select_from(
                     a.join(n, n.c.id == a.c.notice_id)
                     .join(c, c.c.id == n.c.case_id)
@@ -581,7 +370,7 @@ class Dispatcher:
         counts = DispatchReport()
         now = self.now()
         lease_until = now + timedelta(seconds=self.policy.lease_seconds)
-        pg = _is_pg(s)
+        pg = is_pg(s)
         rows = self._due_rows(s, now, pg)
         if not rows:
             return [], 0, counts
@@ -591,7 +380,7 @@ class Dispatcher:
             gate = ClaimGate(self.limits, now)
             gate.load(s, limited)
         earlier = self._earlier_message_ids(s, rows)
-        writes = _Writes(now)
+        writes = Writes(now)
         changes: list[dict[str, Any]] = []
         sends: list[dict[str, Any]] = []
         jobs: list[Job] = []
@@ -728,16 +517,16 @@ class Dispatcher:
                     chain,
                     r.channel,
                     r.contact_point_id,
-                    _for_sending(prepared),
+                    for_sending(prepared),
                     tries,
                     claims,
                     lease_until,
                 )
             )
         writes.flush(s)
-        _update_attempts(s, changes)
+        update_attempts(s, changes)
         if sends:
-            executemany(s, _SEND_INSERT, sends)
+            executemany(s, SEND_INSERT, sends)
         return jobs, len(rows), counts
 
     # ------------------------------------------------------------------ send
@@ -749,7 +538,7 @@ class Dispatcher:
 
         def work(s: Session) -> None:
             row = self._current(s, [job.attempt_id]).get(job.attempt_id)
-            writes = _Writes(now)
+            writes = Writes(now)
             data: dict[str, Any] = {
                 "attempt": job.attempt_id,
                 "try": job.try_number,
@@ -765,7 +554,7 @@ class Dispatcher:
             )
             writes.flush(s)
             if self._ours(row, job):
-                _update_attempts(
+                update_attempts(
                     s,
                     [
                         {
@@ -790,7 +579,7 @@ class Dispatcher:
             if row is None or not self._ours(row, job):
                 return None
             tries = row.tries + 1
-            writes = _Writes(now)
+            writes = Writes(now)
             writes.event(
                 job.chain,
                 "try_started",
@@ -811,9 +600,9 @@ class Dispatcher:
                 attempt_id=job.attempt_id,
             )
             writes.flush(s)
-            _update_attempts(s, [{"id": job.attempt_id, "tries": tries, "updated_at": now}])
+            update_attempts(s, [{"id": job.attempt_id, "tries": tries, "updated_at": now}])
             s.execute(
-                _SEND_INSERT,
+                SEND_INSERT,
                 [
                     {
                         "channel": job.channel,
@@ -919,13 +708,13 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ record
 
-    def _current(self, s: Session, ids: Sequence[int]) -> dict[int, _Current]:
+    def _current(self, s: Session, ids: Sequence[int]) -> dict[int, CurrentRow]:
         """The rows of these attempts, locked (PostgreSQL) in id order."""
-        pg = _is_pg(s)
-        stmt = _CURRENT_PG if pg else _CURRENT
+        pg = is_pg(s)
+        stmt = CURRENT_PG if pg else CURRENT
         conn = s.connection()
-        found: dict[int, _Current] = {}
-        make = _Current._make
+        found: dict[int, CurrentRow] = {}
+        make = CurrentRow._make
         for chunk in in_chunks(sorted(set(ids))):
             for row in conn.execute(stmt, {"ids": chunk}):
                 found[row[0]] = make(row)
@@ -943,7 +732,7 @@ class Dispatcher:
         counts = DispatchReport()
         now = self.now()
         current = self._current(s, [o.job.attempt_id for o in batch])
-        writes = _Writes(now)
+        writes = Writes(now)
         changes: list[dict[str, Any]] = []
         bad: dict[int, tuple[Outcome, str | None]] = {}
         for o in batch:
@@ -1075,7 +864,7 @@ class Dispatcher:
                 job.chain, kind, data, case_id=job.case_id, attempt_id=job.attempt_id, at=o.at
             )
         writes.flush(s)
-        _update_attempts(s, changes)
+        update_attempts(s, changes)
         if marked:
             table = table_of(ContactPoint)
             s.execute(
